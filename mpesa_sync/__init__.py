@@ -1,0 +1,10 @@
+"""mpesa-sync keeps ``bars.mpesa_enabled`` in step with ``mpesa_credentials``.
+
+The work happens in PostgreSQL triggers installed by :func:`migrate`; this
+package installs them, reconciles drift and relays status notifications.
+"""
+
+from mpesa_sync.errors import MpesaSyncError
+from mpesa_sync.migrations import migrate, rollback
+
+__all__ = ["MpesaSyncError", "migrate", "rollback"]

@@ -1,0 +1,3 @@
+from mpesa_sync.cli import main
+
+main()
