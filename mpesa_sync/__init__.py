@@ -4,7 +4,9 @@ The work happens in PostgreSQL triggers installed by :func:`migrate`; this
 package installs them, reconciles drift and relays status notifications.
 """
 
-from mpesa_sync.errors import MpesaSyncError
-from mpesa_sync.migrations import migrate, rollback
+__version__ = "0.1.0"
 
-__all__ = ["MpesaSyncError", "migrate", "rollback"]
+from mpesa_sync.errors import MpesaSyncError  # noqa: E402
+from mpesa_sync.migrations import migrate, rollback  # noqa: E402
+
+__all__ = ["MpesaSyncError", "__version__", "migrate", "rollback"]

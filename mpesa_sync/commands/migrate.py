@@ -1,0 +1,55 @@
+"""`mpesa-sync migrate` and `mpesa-sync rollback`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from mpesa_sync import migrations
+from mpesa_sync.commands import dsn_option, format_option
+
+
+@click.command()
+@dsn_option
+@click.option(
+    "--create-tables",
+    is_flag=True,
+    help="Create bars and mpesa_credentials if the database has neither (a new database).",
+)
+@format_option
+def migrate(dsn: str, create_tables: bool, output_format: str) -> int:
+    """Apply the pending migrations. A second run is a no-op.
+
+    Exits 1 when the install left bars it could not fix (see `mpesa-sync alerts`).
+    """
+    report = migrations.migrate(dsn, create_tables=create_tables)
+    if output_format == "json":
+        click.echo(json.dumps({"applied": report.applied, "refused": report.refused}))
+    elif report.applied:
+        click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
+    else:
+        click.echo("already up to date")
+    if report.refused and output_format == "text":
+        click.echo(
+            f"{len(report.refused)} bar(s) refused their status fix and were left as they are; "
+            "see `mpesa-sync alerts`",
+            err=True,
+        )
+    return 1 if report.refused else 0
+
+
+@click.command()
+@dsn_option
+@click.option("--steps", type=click.IntRange(min=1), help="How many migrations to undo.")
+@click.option("--all", "undo_all", is_flag=True, help="Undo every migration.")
+def rollback(dsn: str, steps: int | None, undo_all: bool) -> int:
+    """Undo the newest migration (or --steps N, or --all)."""
+    if steps and undo_all:
+        raise click.UsageError("give --steps or --all, not both")
+    undone = migrations.rollback(dsn, count=None if undo_all else (steps or 1))
+    click.echo(f"rolled back {len(undone)} migration(s): {', '.join(undone) or '-'}")
+    return 0
+
+
+COMMANDS = (migrate, rollback)
