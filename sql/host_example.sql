@@ -1,6 +1,7 @@
--- A host database shaped like the real Supabase deployment, before mpesa-sync
--- is installed: the roles, bars with the host's own columns, trigger and RLS,
--- and mpesa_credentials with RLS and the host's updated_at trigger.
+-- An example host database in the real Supabase deployment's shape, before
+-- mpesa-sync is installed: the roles, bars with the host's own columns,
+-- trigger and RLS, and mpesa_credentials with RLS and the host's updated_at
+-- trigger. The tests build their template from it and the demo starts from it.
 
 DO $$
 DECLARE
