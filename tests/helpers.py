@@ -38,6 +38,10 @@ class Database:
             cur.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
+    def execute(self, sql: str, params: Any = None) -> None:
+        with self.connect() as conn:
+            conn.execute(sql, params)
+
     def scalar(self, sql: str, params: Any = None) -> Any:
         with self.connect() as conn:
             row = conn.execute(sql, params).fetchone()
