@@ -13,7 +13,12 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
 from mpesa_sync import db
-from mpesa_sync.errors import ConfigError, HostSchemaMissing, MigrationError
+from mpesa_sync.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    HostSchemaMissing,
+    MigrationError,
+)
 from mpesa_sync.queries import query
 from mpesa_sync.resources import resource_dir
 
@@ -104,7 +109,7 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
     return report
 
 
-def rollback(dsn: str, *, count: int | None = None) -> list[str]:
+def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
     """Roll back the newest ``count`` applied migrations (all when None)."""
     migrations = read_migrations(str(resource_dir("migrations")))
     with _backend(dsn) as backend, _locked(backend):
@@ -138,7 +143,7 @@ class _backend:
         try:
             self.backend = get_backend(url)
         except psycopg.OperationalError as exc:
-            raise db.DatabaseUnavailable(
+            raise DatabaseUnavailable(
                 f"cannot connect to {db.describe(dsn)}: {db.first_line(exc)}"
             ) from None
 

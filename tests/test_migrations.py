@@ -1,0 +1,242 @@
+"""Installing, re-installing and removing mpesa-sync on live-shaped databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from mpesa_sync import migrations
+from mpesa_sync.errors import HostSchemaMissing
+from mpesa_sync.resources import resource_dir
+from tests.catalog import describe, table_data
+from tests.conftest import HOST_TEMPLATE, _create_database, _drop_database
+from tests.helpers import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mpesa_sync", *args], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+
+
+def test_schema_sql_and_migrations_build_the_same_schema(server, host_db: Database) -> None:
+    from_migrations = host_db
+    migrations.migrate(from_migrations.dsn)
+    name = "from_schema_" + host_db.name
+    _create_database(server, name, HOST_TEMPLATE)
+    try:
+        from_schema = Database(server, name)
+        from_schema.execute(resource_dir("sql").joinpath("schema.sql").read_text())
+        assert describe(from_schema.dsn) == describe(from_migrations.dsn)
+    finally:
+        _drop_database(server, name)
+
+
+def test_second_migrate_is_a_noop(host_db: Database) -> None:
+    first = migrations.migrate(host_db.dsn)
+    assert first.applied == ["0001_mpesa_sync_base", "0002_mpesa_sync_v1"]
+    before = describe(host_db.dsn)
+    assert migrations.migrate(host_db.dsn).applied == []
+    assert describe(host_db.dsn) == before
+
+
+def test_concurrent_migrates_are_serialised(host_db: Database) -> None:
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(migrations.migrate(host_db.dsn).applied)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results, key=len) == [[], [], ["0001_mpesa_sync_base", "0002_mpesa_sync_v1"]]
+
+
+def test_full_rollback_restores_the_host_exactly(host_db: Database) -> None:
+    bar = host_db.add_bar("kept", mpesa_enabled=False)
+    host_db.add_credentials(bar, active=False)
+    schema_before, data_before = describe(host_db.dsn), table_data(host_db.dsn)
+    migrations.migrate(host_db.dsn)
+    assert describe(host_db.dsn) != schema_before
+    assert migrations.rollback(host_db.dsn) == ["0002_mpesa_sync_v1"]
+    assert migrations.rollback(host_db.dsn) == ["0001_mpesa_sync_base"]
+    assert describe(host_db.dsn) == schema_before
+    assert table_data(host_db.dsn) == data_before
+
+
+def test_yoyo_cli_applies_and_rolls_back(host_db: Database) -> None:
+    yoyo = str(Path(sys.executable).with_name("yoyo"))
+    url = migrations.yoyo_url(host_db.dsn)
+    assert url.startswith("postgresql+psycopg://")
+    before = describe(host_db.dsn)
+    folder = str(resource_dir("migrations"))
+    subprocess.run([yoyo, "apply", "-b", "--no-config-file", "-d", url, folder], check=True,
+                   capture_output=True, timeout=120)
+    assert host_db.scalar("SELECT to_regprocedure('mpesa_sync.fix_bars_v1(uuid[])') IS NOT NULL")
+    subprocess.run([yoyo, "rollback", "-b", "--all", "--no-config-file", "-d", url, folder],
+                   check=True, capture_output=True, timeout=120)
+    assert describe(host_db.dsn) == before
+
+
+def test_install_adds_a_missing_column_and_rollback_drops_it(host_db: Database) -> None:
+    host_db.execute("ALTER TABLE bars DROP COLUMN mpesa_enabled")
+    bar = host_db.add_bar()
+    host_db.add_credentials(bar)
+    before = describe(host_db.dsn)
+    migrations.migrate(host_db.dsn)
+    assert host_db.enabled(bar) is True
+    migrations.rollback(host_db.dsn, count=None)
+    assert describe(host_db.dsn) == before
+
+
+def test_install_fixes_existing_drift_including_nulls(host_db: Database) -> None:
+    on = host_db.add_bar("on", mpesa_enabled=False)
+    host_db.add_credentials(on)
+    off = host_db.add_bar("off", mpesa_enabled=True)
+    null = host_db.add_bar("null", mpesa_enabled=None)
+    fine = host_db.add_bar("fine", mpesa_enabled=False)
+    migrations.migrate(host_db.dsn)
+    assert [host_db.enabled(b) for b in (on, off, null, fine)] == [True, False, False, False]
+    events = host_db.events()
+    assert {(e["bar_id"], e["mpesa_enabled"], e["source"]) for e in events} == {
+        (on, True, "reconcile"), (off, False, "reconcile"), (null, False, "reconcile")}
+
+
+def test_bars_that_refuse_do_not_stop_the_install(host_db: Database) -> None:
+    ok = host_db.add_bar("ok", mpesa_enabled=False)
+    host_db.add_credentials(ok)
+    checked = host_db.add_bar("checked", mpesa_enabled=False)
+    host_db.add_credentials(checked)
+    guarded = host_db.add_bar("guarded", mpesa_enabled=True)
+    locked = host_db.add_bar("locked", mpesa_enabled=True)
+    host_db.execute("""
+        ALTER TABLE bars ADD CONSTRAINT host_no_mpesa_for_checked
+            CHECK (name <> 'checked' OR mpesa_enabled IS NOT TRUE) NOT VALID;
+        CREATE FUNCTION public.host_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.name = 'guarded' THEN RAISE EXCEPTION 'guarded bar is frozen'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER host_guard BEFORE UPDATE ON bars FOR EACH ROW
+            EXECUTE FUNCTION public.host_guard();
+    """)
+    with host_db.connect(autocommit=False) as holder:
+        holder.execute("SELECT 1 FROM bars WHERE id = %s FOR UPDATE", (locked,))
+        report = migrations.migrate(host_db.dsn)
+        holder.rollback()
+    assert host_db.enabled(ok) is True
+    assert [host_db.enabled(b) for b in (checked, guarded, locked)] == [False, True, True]
+    refused = {r["bar_id"]: r for r in report.refused}
+    assert set(refused) == {str(checked), str(guarded), str(locked)}
+    assert refused[str(checked)]["sqlstate"] == "23514"
+    assert refused[str(checked)]["constraint"] == "host_no_mpesa_for_checked"
+    assert refused[str(guarded)]["error"] == "guarded bar is frozen"
+    assert refused[str(locked)]["sqlstate"] == "55P03"
+    alerts = host_db.query("SELECT kind, bar_id FROM mpesa_sync.alerts ORDER BY id")
+    assert {(a["kind"], a["bar_id"]) for a in alerts} == {
+        ("fix_refused", checked), ("fix_refused", guarded), ("fix_refused", locked)}
+
+
+def test_migrate_cli_reports_refused_bars_with_exit_1(host_db: Database) -> None:
+    host_db.add_bar("checked", mpesa_enabled=True)
+    host_db.execute("""ALTER TABLE bars ADD CONSTRAINT host_keep_on
+                       CHECK (mpesa_enabled IS NOT FALSE) NOT VALID""")
+    result = cli("migrate", "--dsn", host_db.dsn)
+    assert result.returncode == 1, result.stderr
+    assert "refused its status fix" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_database_is_refused_without_create_tables(empty_db: Database) -> None:
+    result = cli("migrate", "--dsn", empty_db.dsn)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "has no table public.bars" in lines[0]
+    assert "--create-tables" in lines[0]
+    assert empty_db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+    assert empty_db.scalar("SELECT to_regnamespace('mpesa_sync')") is None
+    with pytest.raises(HostSchemaMissing):
+        migrations.migrate(empty_db.dsn)
+
+
+def test_create_tables_installs_on_a_new_database(empty_db: Database) -> None:
+    result = cli("migrate", "--dsn", empty_db.dsn, "--create-tables")
+    assert result.returncode == 0, result.stderr
+    bar = empty_db.add_bar()
+    empty_db.add_credentials(bar)
+    assert empty_db.enabled(bar) is True
+    assert empty_db.scalar("SELECT relrowsecurity FROM pg_class"
+                           " WHERE oid = 'public.mpesa_credentials'::regclass") is True
+    empty_db.execute("DELETE FROM bars")
+    migrations.rollback(empty_db.dsn, count=None)
+    assert empty_db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                           " AND tablename IN ('bars', 'mpesa_credentials')") == 0
+
+
+def test_rollback_keeps_created_tables_that_hold_data(empty_db: Database) -> None:
+    migrations.migrate(empty_db.dsn, create_tables=True)
+    bar = empty_db.add_bar("precious")
+    migrations.rollback(empty_db.dsn, count=None)
+    assert empty_db.scalar("SELECT name FROM bars WHERE id = %s", (bar,)) == "precious"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["migrate", "--dsn", "postgresql://nobody@127.0.0.1:1/nowhere"], "cannot connect"),
+        (["migrate", "--dsn", "not a dsn ==="], "invalid DSN"),
+        (["migrate"], "pass --dsn or set MPESA_SYNC_DSN"),
+        (["migrate", "--dsn", "x", "--bogus"], "No such option"),
+        (["rollback", "--dsn", "x", "--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPESA_SYNC_DSN"}
+    result = cli(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert lines[0].startswith("mpesa-sync: error: ")
+
+
+def test_dsn_comes_from_the_environment(host_db: Database) -> None:
+    env = {**__import__("os").environ, "MPESA_SYNC_DSN": host_db.dsn}
+    result = cli("migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "applied 2 migration(s)" in result.stdout
+
+
+def test_yoyo_url_round_trips_awkward_dsns() -> None:
+    url = migrations.yoyo_url("host=/var/run/postgresql port=5433 dbname=app user=me password=p@ss")
+    assert url == ("postgresql+psycopg://me:p%40ss@/app?host=%2Fvar%2Frun%2Fpostgresql&port=5433")
+    assert migrations.yoyo_url("postgresql://u@db.example:6543/x?sslmode=require") == (
+        "postgresql+psycopg://u@db.example:6543/x?sslmode=require")
+
+
+def test_password_never_in_errors() -> None:
+    result = cli("migrate", "--dsn", "postgresql://me:hunter2secret@127.0.0.1:1/db")
+    assert result.returncode == 2
+    assert "hunter2secret" not in result.stderr + result.stdout
+
+
+def test_identifiers_are_quoted_in_test_helpers() -> None:
+    # Guards the fixture helpers against database names that need quoting.
+    assert sql.Identifier("test_abc").as_string(None) == '"test_abc"'
+    assert psycopg.__version__ >= "3.2"
