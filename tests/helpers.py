@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from click.testing import CliRunner
 from psycopg.rows import dict_row
 
+from mpesa_sync.cli import main
 from tests.servers import Server
 
 DRIFT_SQL = """
@@ -81,3 +84,24 @@ class Database:
 
     def events(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM mpesa_sync.status_events ORDER BY event_id")
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict[str, str | None] | None = None) -> CliResult:
+    """Run ``mpesa_sync.cli.main`` in this process, as a shell would (exit code,
+    stdout, stderr), and leave the logging set-up as it was."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    with CliRunner().isolation(env=env) as (out, err, _):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    logging.root.handlers[:], logging.root.level = handlers, level
+    return CliResult(code if isinstance(code, int) else 0, stdout, stderr)
