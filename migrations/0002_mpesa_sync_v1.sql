@@ -86,12 +86,15 @@ BEGIN
         FOR UPDATE
     );
 
-    -- 2. Lock the bars themselves in id order.
+    -- 2. Lock the bars themselves in id order. NO KEY UPDATE is the lock our
+    --    UPDATE below takes anyway; unlike FOR UPDATE it does not conflict with
+    --    the KEY SHARE lock a credential INSERT's foreign key check holds on
+    --    the bar, which would deadlock two inserts for one bar.
     PERFORM 1
     FROM public.bars AS b
     WHERE b.id = ANY (p_bar_ids)
     ORDER BY b.id
-    FOR UPDATE;
+    FOR NO KEY UPDATE;
 
     -- 3. Recompute in a new statement: under READ COMMITTED it takes a fresh
     --    snapshot, so it sees every credential change committed by a writer
