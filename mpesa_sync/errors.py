@@ -34,3 +34,39 @@ class HostSchemaMissing(MpesaSyncError):
 
 class MigrationError(MpesaSyncError):
     """A migration failed; nothing was applied."""
+
+
+class InvalidSettings(MpesaSyncError):
+    """The settings are invalid; nothing was changed."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BarNotFound(InvalidSettings):
+    """No such bar; nothing was changed."""
+
+
+class SaveSettingsFailed(MpesaSyncError):
+    """The settings could not be saved; nothing was changed and an alert was raised."""
+
+    def __init__(self, message: str, *, bar_id: str, sqlstate: str | None, attempts: int,
+                 alert_id: int | None) -> None:
+        super().__init__(message)
+        self.bar_id = bar_id
+        self.sqlstate = sqlstate
+        self.attempts = attempts
+        self.alert_id = alert_id
+
+
+class AlertNotFound(MpesaSyncError):
+    """No such alert."""
+
+
+class DecryptionFailed(MpesaSyncError):
+    """A stored credential could not be decrypted with this key."""
+
+
+class DarajaUnavailable(MpesaSyncError):
+    """The Daraja API could not be reached."""
