@@ -20,6 +20,7 @@ import psycopg
 from mpesa_sync import __version__
 from mpesa_sync.commands import migrate as migrate_commands
 from mpesa_sync.commands import reconcile as reconcile_commands
+from mpesa_sync.commands import relay as relay_commands
 from mpesa_sync.errors import MpesaSyncError
 
 logger = logging.getLogger("mpesa_sync")
@@ -55,7 +56,11 @@ def cli(log_level: str) -> None:
     logging.getLogger("yoyo").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-for command in (*migrate_commands.COMMANDS, *reconcile_commands.COMMANDS):
+for command in (
+    *migrate_commands.COMMANDS,
+    *reconcile_commands.COMMANDS,
+    *relay_commands.COMMANDS,
+):
     cli.add_command(command)
 
 

@@ -27,11 +27,34 @@ _CONNECT_DEFAULTS: dict[str, Any] = {
 }
 
 
+def connect_kwargs(**kwargs: Any) -> dict[str, Any]:
+    """Our connection defaults (keepalives, timeouts) updated with ``kwargs``.
+
+    For the places that connect without :func:`connect`: pools.
+    """
+    return {**_CONNECT_DEFAULTS, **kwargs}
+
+
 def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
     """Open a connection, or raise DatabaseUnavailable with one clear line."""
-    params = {**_CONNECT_DEFAULTS, **kwargs}
+    with _connect_errors(dsn):
+        return psycopg.connect(dsn, autocommit=autocommit, **connect_kwargs(**kwargs))
+
+
+async def connect_async(
+    dsn: str, *, autocommit: bool = False, **kwargs: Any
+) -> psycopg.AsyncConnection[Any]:
+    """:func:`connect` for asyncio (the relay)."""
+    with _connect_errors(dsn):
+        return await psycopg.AsyncConnection.connect(
+            dsn, autocommit=autocommit, **connect_kwargs(**kwargs)
+        )
+
+
+@contextmanager
+def _connect_errors(dsn: str) -> Iterator[None]:
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, **params)
+        yield
     except psycopg.ProgrammingError as exc:  # a DSN that does not parse
         raise DatabaseUnavailable(f"invalid DSN: {first_line(exc)}") from None
     except psycopg.OperationalError as exc:

@@ -1,0 +1,540 @@
+"""The live relay against a real server: stdout, SSE, HTTP errors, and the core.
+
+The relay runs as a real subprocess (`python -m mpesa_sync relay`); tests
+read its stdout, stderr and HTTP streams through threads into queues and wait
+on them with deadlines, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from mpesa_sync.http_app import create_app
+from mpesa_sync.relay import APPLICATION_NAME, Relay, RelaySettings, SubscriptionLagged
+from mpesa_sync.relay_service import listen_socket
+from tests.helpers import Database
+
+EVENT_FIELDS = {"event_id", "bar_id", "mpesa_enabled", "source", "at"}
+SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+class RelayProcess:
+    """`mpesa-sync relay` in a subprocess; its output lines land in queues."""
+
+    def __init__(self, dsn: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mpesa_sync", "relay", "--dsn", dsn, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.stdout: queue.Queue[str] = queue.Queue()
+        self.stderr: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        self._pumps = [
+            threading.Thread(target=_pump, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def __enter__(self) -> RelayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pump in self._pumps:
+            pump.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            assert stream is not None
+            stream.close()
+
+    def wait_log(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """The first stderr line (not seen before) matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self.stderr.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                raise AssertionError(f"no log line matching {pattern!r}; got {self.log}") from None
+            self.log.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def wait_listening(self) -> None:
+        self.wait_log(r"listening on mpesa_status")
+
+    def http_url(self) -> str:
+        return "http://" + self.wait_log(r"serving http://(\S+)/").group(1)
+
+    def events(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """The next ``count`` JSON lines from stdout."""
+        deadline = time.monotonic() + timeout
+        got = []
+        while len(got) < count:
+            try:
+                line = self.stdout.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"got {len(got)} of {count} events: {got}") from None
+            got.append(json.loads(line))
+        return got
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Signal the relay; assert it exits 0 promptly; return its remaining stderr."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        for pump in self._pumps:
+            pump.join(10)
+        rest = []
+        while not self.stderr.empty():
+            rest.append(self.stderr.get())
+        text = "\n".join(self.log + rest)
+        assert code == 0, text
+        assert "Traceback" not in text
+        return text
+
+
+def _pump(stream: Any, sink: queue.Queue[str]) -> None:
+    for line in stream:
+        sink.put(line.rstrip("\n"))
+
+
+class SseReader:
+    """An SSE stream read by a thread (its own event loop); events land in a queue."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.opened = threading.Event()
+        self.status: int | None = None
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, headers or {}), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(10), "SSE stream did not open"
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        self._task = self._loop.create_task(self._read(url, headers))
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._loop.close()
+            self.opened.set()
+
+    async def _read(self, url: str, headers: dict[str, str]) -> None:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            self.status = response.status_code
+            self.opened.set()
+            event: dict[str, Any] = {}
+            async for line in response.aiter_lines():
+                if line.startswith("id: "):
+                    event["id"] = int(line[4:])
+                elif line.startswith("data: "):
+                    event["data"] = json.loads(line[6:])
+                elif line == "" and event:
+                    self.events.put(event)
+                    event = {}
+
+    def take(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        got = []
+        while len(got) < count:
+            try:
+                got.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"got {len(got)} of {count} SSE events: {got}") from None
+        return got
+
+    def close(self) -> None:
+        if self._task is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mpesa-sync relay` run to its end (for the paths that exit at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mpesa_sync", "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def new_events(db: Database, after: int) -> list[dict[str, Any]]:
+    """status_events after ``after`` as the relay prints them."""
+    rows = db.query(
+        """SELECT event_id, bar_id::text, mpesa_enabled, source
+                       FROM mpesa_sync.status_events WHERE event_id > %s
+                       ORDER BY event_id""",
+        (after,),
+    )
+    return rows
+
+
+def strip_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for event in events:
+        assert set(event) == EVENT_FIELDS, event
+    return [{k: v for k, v in event.items() if k != "at"} for event in events]
+
+
+def newest_event_id(db: Database) -> int:
+    return db.scalar("SELECT coalesce(max(event_id), 0) FROM mpesa_sync.status_events")
+
+
+def set_active(db: Database, bar: uuid.UUID, active: bool) -> None:
+    db.execute("UPDATE mpesa_credentials SET is_active = %s WHERE tenant_id = %s", (active, bar))
+
+
+@pytest.fixture
+def relay_http(db: Database) -> Iterator[tuple[RelayProcess, str]]:
+    with RelayProcess(db.dsn, "--http", "127.0.0.1:0") as relay:
+        url = relay.http_url()
+        relay.wait_listening()
+        yield relay, url
+        relay.stop()
+
+
+# -- stdout relay -----------------------------------------------------------------
+
+
+def test_stdout_relay_prints_each_change_once_and_stops_on_sigint(db: Database) -> None:
+    bar = db.add_bar()
+    db.add_credentials(bar, active=False, key=SECRETS[0], secret=SECRETS[1], passkey=SECRETS[2])
+    before = newest_event_id(db)
+    with RelayProcess(db.dsn) as relay:
+        relay.wait_listening()
+        set_active(db, bar, True)
+        set_active(db, bar, True)  # a no-op write: no event
+        set_active(db, bar, False)
+        got = relay.events(2)
+        assert strip_at(got) == new_events(db, before)
+        assert [e["mpesa_enabled"] for e in got] == [True, False]
+        assert all(e["bar_id"] == str(bar) and e["source"] == "credentials" for e in got)
+        log = relay.stop(signal.SIGINT)
+    assert relay.stdout.empty()
+    for secret in SECRETS:
+        assert secret.decode() not in json.dumps(got) + log
+
+
+def test_stdout_relay_survives_a_terminated_backend(db: Database) -> None:
+    bars = [db.add_bar(f"bar {i}") for i in range(6)]
+    for bar in bars:
+        db.add_credentials(bar, active=False)
+    before = newest_event_id(db)
+    with RelayProcess(db.dsn) as relay:
+        relay.wait_listening()
+        pid = db.scalar(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database()",
+            (APPLICATION_NAME,),
+        )
+        assert pid is not None
+        assert db.scalar("SELECT pg_terminate_backend(%s)", (pid,))
+        # Several changes at once, while the relay is reconnecting: one
+        # statement that flips three bars, and three transactions of their own.
+        db.execute(
+            "UPDATE mpesa_credentials SET is_active = true WHERE tenant_id = ANY(%s)", (bars[:3],)
+        )
+        threads = [threading.Thread(target=set_active, args=(db, bar, True)) for bar in bars[3:]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        expected = new_events(db, before)
+        assert len(expected) == 6
+        got = relay.events(6)
+        assert strip_at(got) == expected  # every one, in event_id order
+        relay.wait_listening()  # it did reconnect, on a new backend
+        new_pid = db.scalar(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database()",
+            (APPLICATION_NAME,),
+        )
+        assert new_pid not in (None, pid)
+        # No duplicate follows: the next line is the next change.
+        set_active(db, bars[0], False)
+        (marker,) = relay.events(1)
+        assert marker["event_id"] == newest_event_id(db)
+        assert marker["event_id"] == expected[-1]["event_id"] + 1
+        assert "database connection lost" in relay.stop()
+    assert relay.stdout.empty()
+
+
+def test_stdout_relay_survives_a_server_restart(db: Database, server: Any) -> None:
+    if server.cluster is None:
+        pytest.skip(f"server {server.label} is not ours to restart")
+    bar = db.add_bar()
+    db.add_credentials(bar, active=False)
+    before = newest_event_id(db)
+    with RelayProcess(db.dsn) as relay:
+        relay.wait_listening()
+        server.restart()
+        set_active(db, bar, True)
+        got = relay.events(1, timeout=60)
+        assert strip_at(got) == new_events(db, before)
+        assert relay.proc.poll() is None
+        relay.wait_log("listening on mpesa_status", timeout=30)
+        relay.stop()
+
+
+def test_since_replays_from_the_table_and_bar_filters(db: Database) -> None:
+    first, second = db.add_bar("first"), db.add_bar("second")
+    db.add_credentials(first, active=False)
+    db.add_credentials(second, active=False)
+    start = newest_event_id(db)
+    for active in (True, False, True):
+        set_active(db, first, active)
+        set_active(db, second, active)
+    with RelayProcess(db.dsn, "--since", str(start), "--bar", str(second)) as relay:
+        got = relay.events(3)
+        assert [e["bar_id"] for e in got] == [str(second)] * 3
+        assert [e["mpesa_enabled"] for e in got] == [True, False, True]
+        relay.wait_listening()
+        set_active(db, first, False)  # filtered out
+        set_active(db, second, False)
+        (live,) = relay.events(1)
+        assert (live["bar_id"], live["mpesa_enabled"]) == (str(second), False)
+        assert live["event_id"] == newest_event_id(db)
+        relay.stop()
+
+
+def test_starts_after_the_newest_event_by_default(db: Database) -> None:
+    bar = db.add_bar()
+    db.add_credentials(bar, active=True)  # an event before the relay starts
+    with RelayProcess(db.dsn) as relay:
+        relay.wait_listening()
+        set_active(db, bar, False)
+        (got,) = relay.events(1)
+        assert got["event_id"] == newest_event_id(db)
+        assert got["mpesa_enabled"] is False
+        relay.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--http", "nonsense"], "'nonsense' is not HOST:PORT"),
+        (["--http", "127.0.0.1:99999"], "is not HOST:PORT"),
+        (["--since", "abc"], "'abc' is not a valid integer"),
+        (["--since", "-1"], "--since"),
+        (["--since", "999999"], "--since 999999 is past the newest event"),
+        (["--bar", "not-a-uuid"], "not a valid UUID"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(db: Database, args: list[str], needle: str) -> None:
+    result = relay_cli("--dsn", db.dsn, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpesa-sync: error: "), result.stderr
+    assert needle in lines[0]
+    assert result.stdout == ""
+
+
+def test_unreachable_database_and_busy_port_are_exit_2(db: Database) -> None:
+    cases = [
+        (["--dsn", "postgresql://postgres@127.0.0.1:1/postgres"], "cannot connect"),
+    ]
+    holder = listen_socket("127.0.0.1", 0)
+    try:
+        port = holder.getsockname()[1]
+        cases.append((["--dsn", db.dsn, "--http", f"127.0.0.1:{port}"], "cannot listen on"))
+        for args, needle in cases:
+            result = relay_cli(*args)
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and needle in lines[0], result.stderr
+    finally:
+        holder.close()
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+        )
+        == 0
+    )
+
+
+def test_schema_not_installed_is_exit_2(host_db: Database) -> None:
+    result = relay_cli("--dsn", host_db.dsn)
+    assert result.returncode == 2
+    assert "schema is not installed" in result.stderr
+
+
+# -- SSE and the HTTP API --------------------------------------------------------------
+
+
+def test_sse_replays_after_last_event_id_then_goes_live(db: Database, relay_http: Any) -> None:
+    relay, url = relay_http
+    bar = db.add_bar()
+    db.add_credentials(bar, active=False)
+    start = newest_event_id(db)
+    for active in (True, False, True):
+        set_active(db, bar, active)
+    reader = SseReader(f"{url}/events", headers={"Last-Event-ID": str(start + 1)})
+    try:
+        assert reader.status == 200
+        replayed = reader.take(2)
+        assert [e["id"] for e in replayed] == [start + 2, start + 3]
+        assert [e["data"]["event_id"] for e in replayed] == [start + 2, start + 3]
+        set_active(db, bar, False)
+        (live,) = reader.take(1)
+        assert live["id"] == start + 4 and live["data"]["mpesa_enabled"] is False
+        set_active(db, bar, True)
+        (marker,) = reader.take(1)  # nothing repeated in between
+        assert marker["id"] == start + 5
+    finally:
+        reader.close()
+    # The stdout relay saw the same events, live.
+    assert [e["event_id"] for e in relay.events(5)] == list(range(start + 1, start + 6))
+
+
+def test_sse_bar_filter_live_and_in_replay(db: Database, relay_http: Any) -> None:
+    _, url = relay_http
+    mine, other = db.add_bar("mine"), db.add_bar("other")
+    db.add_credentials(mine, active=False)
+    db.add_credentials(other, active=False)
+    start = newest_event_id(db)
+    set_active(db, other, True)
+    set_active(db, mine, True)
+    reader = SseReader(f"{url}/events?bar_id={mine}", headers={"Last-Event-ID": str(start)})
+    try:
+        (replayed,) = reader.take(1)
+        assert replayed["data"]["bar_id"] == str(mine) and replayed["id"] == start + 2
+        set_active(db, other, False)
+        set_active(db, mine, False)
+        (live,) = reader.take(1)
+        assert live["data"]["bar_id"] == str(mine) and live["id"] == start + 4
+    finally:
+        reader.close()
+
+
+def test_http_errors_are_json(db: Database, relay_http: Any) -> None:
+    _, url = relay_http
+    bar = db.add_bar()
+    db.add_credentials(bar, active=True, key=SECRETS[0], secret=SECRETS[1], passkey=SECRETS[2])
+    with httpx.Client(base_url=url, timeout=10) as client:
+        ok = client.get(f"/bars/{bar}/payment-options")
+        assert ok.status_code == 200
+        assert ok.json() == {
+            "bar_id": str(bar),
+            "mpesa_available": True,
+            "environment": "sandbox",
+            "business_shortcode": "174379",
+        }
+        for secret in SECRETS:
+            assert secret.decode() not in ok.text
+        cases = [
+            (client.get("/bars/not-a-uuid/payment-options"), 400, "malformed bar id"),
+            (client.get(f"/bars/{uuid.uuid4()}/payment-options"), 404, "no bar"),
+            (client.get("/events?bar_id=42"), 400, "malformed bar id"),
+            (client.get("/events", headers={"Last-Event-ID": "abc"}), 400, "Last-Event-ID"),
+            (client.get("/events", headers={"Last-Event-ID": "-3"}), 400, "Last-Event-ID"),
+            (client.get("/no-such-page"), 404, "Not Found"),
+        ]
+        for response, status, needle in cases:
+            assert response.status_code == status, response.text
+            assert response.headers["content-type"] == "application/json"
+            assert needle in response.json()["error"]
+        health = client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["listening"] is True
+        assert health.json()["last_event_id"] == newest_event_id(db)
+        page = client.get(f"/?bar_id={bar}")
+        assert page.status_code == 200 and "EventSource" in client.get("/static/page.js").text
+
+
+# -- the core, in process ------------------------------------------------------------
+
+
+def test_a_slow_subscriber_is_dropped_without_stalling_the_others(db: Database) -> None:
+    bars = [db.add_bar(f"bar {i}") for i in range(8)]
+    for bar in bars:
+        db.add_credentials(bar, active=False)
+
+    async def scenario() -> None:
+        relay = Relay(db.dsn, settings=RelaySettings(backlog=4))
+        await relay.start()
+        task = asyncio.create_task(relay.run())
+        slow = relay.subscribe()
+        slow_bar = relay.subscribe(bar_id=bars[0])
+        fast = relay.subscribe()
+        got: list[int] = []
+        for bar in bars:  # one transaction each; the fast one keeps up
+            await asyncio.to_thread(set_active, db, bar, True)
+            batch = await asyncio.wait_for(fast.next(), 20)
+            assert batch is not None and [e.bar_id for e in batch] == [bar]
+            got += [e.event_id for e in batch]
+        assert got == sorted(got) and len(set(got)) == 8
+        with pytest.raises(SubscriptionLagged):
+            await slow.next()
+        # one event for its bar: within its backlog, so still served
+        assert [e.bar_id for e in await slow_bar.next()] == [bars[0]]
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+        assert await fast.next() is None  # a stopped relay ends its subscriptions
+
+    asyncio.run(scenario())
+
+
+def test_sse_heartbeat_and_clean_end_on_stop(db: Database) -> None:
+    async def scenario() -> None:
+        relay = Relay(db.dsn)
+        await relay.start()
+        relay_task = asyncio.create_task(relay.run())
+        sock = listen_socket("127.0.0.1", 0)
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(relay, db.dsn, heartbeat=0.2), log_config=None, lifespan="on")
+        )
+        server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        port = sock.getsockname()[1]
+        async with httpx.AsyncClient(timeout=10) as client:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            async with client.stream("GET", f"http://127.0.0.1:{port}/events") as response:
+                lines = response.aiter_lines()
+                assert await anext(lines) == "retry: 1000"
+                comments = []
+                async for line in lines:
+                    if line.startswith(":"):
+                        comments.append(line)
+                        if len(comments) == 2:
+                            break
+                assert comments == [": keepalive", ": keepalive"]
+                relay.stop()  # ends the stream from the server side
+                rest = [line async for line in lines]
+                assert all(not line or line.startswith(":") for line in rest)
+        server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(relay_task, server_task), 20)
+
+    asyncio.run(scenario())
