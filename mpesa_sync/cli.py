@@ -18,9 +18,11 @@ import click
 import psycopg
 
 from mpesa_sync import __version__
+from mpesa_sync.commands import alerts as alerts_commands
 from mpesa_sync.commands import migrate as migrate_commands
 from mpesa_sync.commands import reconcile as reconcile_commands
 from mpesa_sync.commands import relay as relay_commands
+from mpesa_sync.commands import settings as settings_commands
 from mpesa_sync.errors import MpesaSyncError
 
 logger = logging.getLogger("mpesa_sync")
@@ -60,6 +62,8 @@ for command in (
     *migrate_commands.COMMANDS,
     *reconcile_commands.COMMANDS,
     *relay_commands.COMMANDS,
+    *settings_commands.COMMANDS,
+    *alerts_commands.COMMANDS,
 ):
     cli.add_command(command)
 

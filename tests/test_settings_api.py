@@ -207,7 +207,8 @@ INVALID = [
     pytest.param({"passkey": None}, "passkey", id="passkey-none"),
     pytest.param({"environment": "staging"}, "environment", id="environment"),
     pytest.param({"shortcode": "1234"}, "business_shortcode", id="shortcode-short"),
-    pytest.param({"shortcode": PLAIN["passkey"]}, "business_shortcode", id="shortcode-pasted-secret"),
+    pytest.param({"shortcode": PLAIN["passkey"]}, "business_shortcode",
+                 id="shortcode-pasted-secret"),
     pytest.param({"bar": "not-a-uuid"}, "bar_id", id="bar-not-uuid"),
     pytest.param({"bar": uuid.UUID(int=1)}, "bar_id", id="bar-unknown"),
 ]
@@ -259,16 +260,16 @@ def test_lock_timeout_is_retried_then_alerted(
     bar = db.add_bar()
     save(db.dsn, bar, active=False)
     before = state(db, bar)
-    with holding_bar(db, bar):
-        with pytest.raises(SaveSettingsFailed) as caught:
-            save(db.dsn, bar, active=True, lock_timeout=0.1, retry=FAST)
+    with holding_bar(db, bar), pytest.raises(SaveSettingsFailed) as caught:
+        save(db.dsn, bar, active=True, lock_timeout=0.1, retry=FAST)
     exc = caught.value
     assert (exc.sqlstate, exc.attempts, exc.bar_id) == ("55P03", 3, str(bar))
     assert "lock timeout" in str(exc) and "nothing was changed" in str(exc)
     assert state(db, bar) == before
 
     retries = [r for r in caplog.records if getattr(r, "action", None) == "save_settings_retry"]
-    assert [(r.levelno, "55P03" in r.getMessage()) for r in retries] == [(logging.WARNING, True)] * 2
+    assert [(r.levelno, "55P03" in r.getMessage()) for r in retries] == [
+        (logging.WARNING, True)] * 2
     [error] = [r for r in caplog.records if getattr(r, "action", None) == "save_settings_failed"]
     assert error.levelno == logging.ERROR
     assert str(bar) in error.getMessage() and "3 attempt(s)" in error.getMessage()
