@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 ENVIRONMENTS = ("sandbox", "production")
 ALERT_KIND = "settings_save_failed"
-DEFAULT_RETRY = RetryPolicy()  # 3 attempts, 0.1 s then about 0.2 s between them
+DEFAULT_RETRY = RetryPolicy()  # 3 attempts, waiting 0.1-0.2 s, then 0.2-0.3 s
 
 
 @dataclass(frozen=True)
