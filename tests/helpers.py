@@ -85,6 +85,17 @@ class Database:
     def events(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM mpesa_sync.status_events ORDER BY event_id")
 
+    def saved_state(self, bar_id: Any) -> dict[str, Any]:
+        """All a settings save could change, in full: the bar's row, its
+        credential rows and every status event (alerts are asked for apart)."""
+        return {
+            "credentials": self.query(
+                "SELECT * FROM mpesa_credentials WHERE tenant_id = %s ORDER BY environment",
+                (bar_id,)),
+            "bar": self.query("SELECT * FROM bars WHERE id = %s", (bar_id,)),
+            "events": self.events(),
+        }
+
 
 @dataclass
 class CliResult:

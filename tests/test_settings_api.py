@@ -87,16 +87,6 @@ def save(target: Any, bar: Any, *, environment: str = "sandbox", shortcode: str 
                                     **secrets, **kwargs)
 
 
-def state(db: Database, bar: uuid.UUID) -> dict[str, Any]:
-    """Everything a save could touch, in full."""
-    return {
-        "credentials": db.query(
-            "SELECT * FROM mpesa_credentials WHERE tenant_id = %s ORDER BY environment", (bar,)),
-        "bar": db.query("SELECT * FROM bars WHERE id = %s", (bar,)),
-        "events": db.events(),
-    }
-
-
 def alerts(db: Database) -> list[dict[str, Any]]:
     return db.query("SELECT * FROM mpesa_sync.alerts ORDER BY id")
 
@@ -195,10 +185,10 @@ def test_refuses_to_run_without_a_valid_key(db: Database, monkeypatch: pytest.Mo
     else:
         monkeypatch.setenv(KEY_ENV, value)
     bar = db.add_bar()
-    before = state(db, bar)
+    before = db.saved_state(bar)
     with pytest.raises(ConfigError, match=KEY_ENV):
         save(db.dsn, bar)
-    assert state(db, bar) == before
+    assert db.saved_state(bar) == before
 
 
 INVALID = [
@@ -220,7 +210,7 @@ def test_invalid_input_changes_nothing_and_raises_no_alert(
         field: str, caplog: pytest.LogCaptureFixture) -> None:
     bar = db.add_bar()
     save(db.dsn, bar, environment="production", shortcode="600000", active=True)
-    before = state(db, bar)
+    before = db.saved_state(bar)
     args = {"bar": bar, **change}
     with pytest.raises(InvalidSettings) as caught:
         save(db.dsn, args.pop("bar"), **args)
@@ -228,7 +218,7 @@ def test_invalid_input_changes_nothing_and_raises_no_alert(
     assert field in str(caught.value)
     if change.get("bar") == uuid.UUID(int=1):
         assert isinstance(caught.value, BarNotFound)
-    assert state(db, bar) == before
+    assert db.saved_state(bar) == before
     assert alerts(db) == []
     assert_no_secret(str(caught.value) + caplog.text, sealed)
 
@@ -259,13 +249,13 @@ def test_lock_timeout_is_retried_then_alerted(
     caplog.set_level(logging.INFO, logger="mpesa_sync")
     bar = db.add_bar()
     save(db.dsn, bar, active=False)
-    before = state(db, bar)
+    before = db.saved_state(bar)
     with holding_bar(db, bar), pytest.raises(SaveSettingsFailed) as caught:
         save(db.dsn, bar, active=True, lock_timeout=0.1, retry=FAST)
     exc = caught.value
     assert (exc.sqlstate, exc.attempts, exc.bar_id) == ("55P03", 3, str(bar))
     assert "lock timeout" in str(exc) and "nothing was changed" in str(exc)
-    assert state(db, bar) == before
+    assert db.saved_state(bar) == before
 
     retries = [r for r in caplog.records if getattr(r, "action", None) == "save_settings_retry"]
     assert [(r.levelno, "55P03" in r.getMessage()) for r in retries] == [
@@ -292,7 +282,7 @@ def test_terminated_backend_leaves_nothing_and_is_retried_on_a_new_connection(
         db: Database, cipher: CredentialCipher, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="mpesa_sync")
     bar = db.add_bar()
-    before = state(db, bar)
+    before = db.saved_state(bar)
     holder = holding_bar(db, bar)
     with holder, ThreadPoolExecutor(1) as pool:
         future = pool.submit(save, db.dsn, bar, active=True, lock_timeout=None, retry=FAST)
@@ -302,7 +292,7 @@ def test_terminated_backend_leaves_nothing_and_is_retried_on_a_new_connection(
         second = wait_for("the retry to wait on the lock", lambda: db.scalar(
             WAITING_ON_LOCK, ([p for p in db.scalar(OUR_BACKENDS) or [] if p != first],)))
         assert second != first
-        assert state(db, bar) == before  # the killed attempt left nothing
+        assert db.saved_state(bar) == before  # the killed attempt left nothing
         holder.rollback()
         result = future.result(timeout=30)
     assert (result.success, result.mpesa_enabled, result.attempts) == (True, True, 2)
@@ -317,7 +307,7 @@ def test_terminated_callers_connection_is_not_retried_but_alerted(
         db: Database, cipher: CredentialCipher, sealed: list[bytes],
         caplog: pytest.LogCaptureFixture) -> None:
     bar = db.add_bar()
-    before = state(db, bar)
+    before = db.saved_state(bar)
     caller = db.connect()
     with holding_bar(db, bar) as holder, caller, ThreadPoolExecutor(1) as pool:
         pid = caller.info.backend_pid
@@ -329,7 +319,7 @@ def test_terminated_callers_connection_is_not_retried_but_alerted(
         holder.rollback()
         assert caller.broken
     assert (caught.value.attempts, caught.value.sqlstate) == (1, "57P01")
-    assert state(db, bar) == before
+    assert db.saved_state(bar) == before
     [alert] = alerts(db)  # written over a fresh connection to the same database
     assert alert["id"] == caught.value.alert_id and alert["detail"]["sqlstate"] == "57P01"
     assert_no_secret(caplog.text + str(caught.value) + json.dumps(alert, default=str), sealed)
@@ -368,12 +358,12 @@ def test_a_refusal_that_is_not_transient_is_alerted_at_once_without_its_detail(
     db.execute("ALTER TABLE mpesa_credentials ADD CONSTRAINT host_no_999999 "
                "CHECK (business_shortcode <> '999999')")
     bar = db.add_bar()
-    before = state(db, bar)
+    before = db.saved_state(bar)
     with pytest.raises(SaveSettingsFailed) as caught:
         save(db.dsn, bar, shortcode="999999", retry=FAST)
     assert (caught.value.sqlstate, caught.value.attempts) == ("23514", 1)
     assert "host_no_999999" in str(caught.value)
-    assert state(db, bar) == before
+    assert db.saved_state(bar) == before
     [alert] = alerts(db)
     assert alert["detail"]["sqlstate"] == "23514"
     assert_no_secret(caplog.text + str(caught.value) + json.dumps(alert, default=str), sealed)

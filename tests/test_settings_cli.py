@@ -42,16 +42,6 @@ def set_args(db: Database, bar: Any, *extra: str) -> list[str]:
             "--shortcode", "174379", *extra]
 
 
-def state(db: Database, bar: uuid.UUID) -> dict[str, Any]:
-    return {
-        "credentials": db.query(
-            "SELECT * FROM mpesa_credentials WHERE tenant_id = %s ORDER BY environment", (bar,)),
-        "bar": db.query("SELECT * FROM bars WHERE id = %s", (bar,)),
-        "events": db.events(),
-        "alerts": db.query("SELECT * FROM mpesa_sync.alerts"),
-    }
-
-
 def assert_one_line_error(stderr: str, needle: str) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -100,12 +90,12 @@ def test_set_refuses_bad_input_in_one_line_and_changes_nothing(
         db: Database, args: list[str], extra_env: dict[str, str | None], needle: str) -> None:
     bar = db.add_bar()
     run_cli(*set_args(db, bar, "--active"), env=env())
-    before = state(db, bar)
+    before = db.saved_state(bar), db.query("SELECT * FROM mpesa_sync.alerts")
     result = run_cli(*set_args(db, bar), *args, env=env(**extra_env))
     assert result.code == 2
     assert_one_line_error(result.stderr, needle)
     assert_no_secret(result.stderr + result.stdout)
-    assert state(db, bar) == before
+    assert (db.saved_state(bar), db.query("SELECT * FROM mpesa_sync.alerts")) == before
 
 
 def test_set_for_an_unknown_bar_is_exit_2(db: Database) -> None:

@@ -32,12 +32,9 @@ def save(db: Database, bar: Any, environment: Any = "sandbox", shortcode: Any = 
 
 
 def state(db: Database, bar: uuid.UUID) -> dict[str, Any]:
-    """Everything a save could touch, in full."""
+    """Everything a save could touch, down to the sync stripes and the alerts."""
     return {
-        "credentials": db.query(
-            "SELECT * FROM mpesa_credentials WHERE tenant_id = %s ORDER BY environment", (bar,)),
-        "bar": db.query("SELECT * FROM bars WHERE id = %s", (bar,)),
-        "events": db.query("SELECT * FROM mpesa_sync.status_events ORDER BY event_id"),
+        **db.saved_state(bar),
         "alerts": db.query("SELECT * FROM mpesa_sync.alerts ORDER BY id"),
         "stripes": db.scalar("SELECT sum(writes) FROM mpesa_sync.sync_stripes"),
     }
