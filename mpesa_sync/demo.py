@@ -13,7 +13,7 @@ from typing import Any
 import click
 import psycopg
 
-from mpesa_sync import migrations
+from mpesa_sync import migrations, relay_demo
 from mpesa_sync.cluster import Cluster, embedded_bindir
 from mpesa_sync.queries import query
 from mpesa_sync.resources import resource_dir
@@ -30,6 +30,7 @@ def main() -> None:
     try:
         click.echo(f"  PostgreSQL {cluster.version} on 127.0.0.1:{cluster.port}")
         run_story(cluster.dsn())
+        relay_demo.run_live(cluster.dsn(), MAMA_OLIECH, "Mama Oliech", step)
     finally:
         step("Stopping the server")
         cluster.destroy()

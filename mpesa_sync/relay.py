@@ -193,6 +193,15 @@ class Relay:
     def subscribers(self) -> int:
         return len(self._all) + sum(len(s) for s in self._by_bar.values())
 
+    def tick(self) -> None:
+        """Wake every subscriber; one with nothing new gets ``[]`` (a keepalive).
+
+        One timer for all subscribers, rather than a timeout on every wait.
+        """
+        for sub in self._subscriptions():
+            sub._ticked = True
+            sub._ready.set()
+
     # -- internals ----------------------------------------------------------------
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
@@ -263,10 +272,12 @@ class Relay:
                 if not subs:
                     del self._by_bar[sub.bar_id]
 
+    def _subscriptions(self) -> list[Subscription]:
+        return [*self._all, *(s for group in self._by_bar.values() for s in group)]
+
     def _finish(self) -> None:
         self._finished = True
-        subs = [*self._all, *(s for group in self._by_bar.values() for s in group)]
-        for sub in subs:
+        for sub in self._subscriptions():
             sub._closed = True
             sub._ready.set()
 
@@ -289,15 +300,17 @@ class Subscription:
         self._cursor = relay._log_base + len(relay._log)  # every-bar subscribers
         self._pending: deque[StatusEvent] = deque()  # one-bar subscribers
         self._ready = asyncio.Event()
+        self._ticked = False
         self._lagged = False
         self._closed = False
 
-    async def next(self, timeout: float | None = None) -> list[StatusEvent] | None:
+    async def next(self) -> list[StatusEvent] | None:
         """The events delivered since the last call, waiting for at least one.
 
-        Returns ``[]`` when ``timeout`` passes first and None once the relay
-        has stopped; raises SubscriptionLagged when this subscriber fell too
-        far behind.
+        Returns ``[]`` when :meth:`Relay.tick` came first (time for a
+        keepalive) and None once the subscription is closed or the relay has
+        stopped; raises SubscriptionLagged when this subscriber fell too far
+        behind.
         """
         while True:
             events = self._take()
@@ -305,16 +318,16 @@ class Subscription:
                 return events
             if self._closed:
                 return None
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
+            if self._ticked:
+                self._ticked = False
                 return []
+            self._ready.clear()
+            await self._ready.wait()
 
     def close(self) -> None:
-        """Leave the relay (idempotent)."""
+        """Leave the relay and wake a pending :meth:`next` (idempotent)."""
         self._closed = True
+        self._ready.set()
         self._relay._unsubscribe(self)
 
     def _push(self, event: StatusEvent) -> None:

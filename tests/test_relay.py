@@ -514,7 +514,9 @@ def test_sse_heartbeat_and_clean_end_on_stop(db: Database) -> None:
         relay_task = asyncio.create_task(relay.run())
         sock = listen_socket("127.0.0.1", 0)
         server = uvicorn.Server(
-            uvicorn.Config(create_app(relay, db.dsn, heartbeat=0.2), log_config=None, lifespan="on")
+            uvicorn.Config(
+                create_app(relay, db.dsn, heartbeat_seconds=0.2), log_config=None, lifespan="on"
+            )
         )
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         port = sock.getsockname()[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from uuid import UUID
 
 import click
@@ -58,8 +59,19 @@ def relay(
     or session-pooled connection: LISTEN does not work through PgBouncer in
     transaction mode.
     """
-    asyncio.run(relay_service.serve(dsn, http=http_address, since=since, bar_id=bar_id))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(relay_service.serve(dsn, http=http_address, since=since, bar_id=bar_id))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (not on Windows): fan-out to many clients is
+    mostly socket writes, which it does in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 COMMANDS = (relay,)
