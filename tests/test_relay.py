@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,7 +27,13 @@ import pytest
 import uvicorn
 
 from mpesa_sync.http_app import create_app
-from mpesa_sync.relay import APPLICATION_NAME, Relay, RelaySettings, SubscriptionLagged
+from mpesa_sync.relay import (
+    APPLICATION_NAME,
+    PAGE_SIZE,
+    Relay,
+    RelaySettings,
+    SubscriptionLagged,
+)
 from mpesa_sync.relay_service import listen_socket
 from tests.helpers import Database
 
@@ -240,6 +247,12 @@ def test_stdout_relay_prints_each_change_once_and_stops_on_sigint(db: Database) 
         set_active(db, bar, False)
         got = relay.events(2)
         assert strip_at(got) == new_events(db, before)
+        stored = db.query(
+            "SELECT at FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
+            (before,),
+        )
+        assert [datetime.fromisoformat(e["at"]) for e in got] == [r["at"] for r in stored]
+        assert all(e["at"].endswith("+00:00") for e in got)
         assert [e["mpesa_enabled"] for e in got] == [True, False]
         assert all(e["bar_id"] == str(bar) and e["source"] == "credentials" for e in got)
         log = relay.stop(signal.SIGINT)
@@ -328,6 +341,33 @@ def test_since_replays_from_the_table_and_bar_filters(db: Database) -> None:
         assert (live["bar_id"], live["mpesa_enabled"]) == (str(second), False)
         assert live["event_id"] == newest_event_id(db)
         relay.stop()
+
+
+def test_replays_more_than_one_page_in_order(db: Database, relay_http: Any) -> None:
+    relay, url = relay_http
+    count = PAGE_SIZE + 150
+    db.execute(
+        "INSERT INTO bars (name) SELECT 'bar ' || i FROM generate_series(1, %s) AS i", (count,)
+    )
+    db.execute(
+        """INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,
+               consumer_key_enc, consumer_secret_enc, passkey_enc, is_active)
+           SELECT id, 'sandbox', '174379', 'k', 's', 'p', false FROM bars"""
+    )
+    start = newest_event_id(db)
+    db.execute("UPDATE mpesa_credentials SET is_active = true")  # one commit, `count` events
+    expected = list(range(start + 1, start + count + 1))
+    assert newest_event_id(db) == expected[-1]
+    # The running relay got them live; a new one with --since reads them in pages.
+    assert [e["event_id"] for e in relay.events(count)] == expected
+    with RelayProcess(db.dsn, "--since", str(start)) as late:
+        assert [e["event_id"] for e in late.events(count)] == expected
+        late.stop()
+    reader = SseReader(f"{url}/events", headers={"Last-Event-ID": str(start)})
+    try:
+        assert [e["id"] for e in reader.take(count)] == expected
+    finally:
+        reader.close()
 
 
 def test_starts_after_the_newest_event_by_default(db: Database) -> None:
