@@ -1,6 +1,6 @@
 """Find every drifted bar, fix what can be fixed, report what cannot.
 
-Detection is one set-based pass over ``mpesa_sync.bar_status_v1``. The fix is
+Detection is one set-based pass over every bar (shared with verify). The fix is
 ``mpesa_sync.fix_bars_v1``, the same function the install runs through
 ``fix_all_v1``: each batch goes to it in its own short transaction with a
 lock timeout; it retries a refused batch bar by bar, records an alert for each
@@ -27,7 +27,7 @@ import psycopg
 from mpesa_sync import db
 from mpesa_sync.errors import ConfigError
 from mpesa_sync.queries import query
-from mpesa_sync.verify import drift_summary
+from mpesa_sync.verify import scan_drift
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +114,17 @@ def reconcile(
         conn.read_only = dry_run  # applies to the transaction blocks below
         with conn.transaction():
             db.require_schema(conn)
-            checked, drifted = _find_drift(conn)
-        report = ReconcileReport(checked, len(drifted), dry_run=dry_run)
+            scan = scan_drift(conn, limit=None)
+        drifted = sorted(scan.sample)  # batches in id order, the order the triggers lock in
+        report = ReconcileReport(scan.checked, scan.drifted, dry_run=dry_run)
         logger.info(
             "checked %d bars: %d drifted",
-            checked,
-            len(drifted),
+            scan.checked,
+            scan.drifted,
             extra={"action": "reconcile_detect"},
         )
         if dry_run:
-            report.remaining = len(drifted)
+            report.remaining = scan.drifted
             return report
 
         timeout = f"{max(1, round(lock_timeout * 1000))}ms"
@@ -142,7 +143,8 @@ def reconcile(
                 bar.sqlstate,
                 extra={"action": "reconcile_fix_refused"},
             )
-        _, report.remaining = drift_summary(conn)
+        with conn.transaction():
+            report.remaining = scan_drift(conn, limit=0).drifted
     logger.info(
         "fixed %d bars, %d refused, %d still drifted",
         report.fixed,
@@ -151,12 +153,6 @@ def reconcile(
         extra={"action": "reconcile_done"},
     )
     return report
-
-
-def _find_drift(conn: psycopg.Connection[Any]) -> tuple[int, list[uuid.UUID]]:
-    row = conn.execute(query("drifted_bar_ids")).fetchone()
-    assert row is not None
-    return int(row[0]), list(row[1])
 
 
 def _batches(ids: Sequence[uuid.UUID], size: int) -> Iterator[list[uuid.UUID]]:

@@ -1,8 +1,9 @@
 """Read-only check that every bar's ``mpesa_enabled`` follows its credentials.
 
-``verify`` reads drift through ``mpesa_sync.bar_status_v1`` in one READ ONLY,
-REPEATABLE READ transaction, so the counts, the listed bars and the open
-alerts all come from one snapshot. ``write_prometheus`` exports a report in
+``verify`` finds drift with one set-based pass over every bar (the
+``drift_scan`` query, shared with reconcile) in one READ ONLY, REPEATABLE READ
+transaction, so the counts, the listed bars and the open alerts all come from
+one snapshot. ``write_prometheus`` exports a report in
 the textfile-collector format.
 """
 
@@ -71,30 +72,44 @@ class VerifyReport:
         }
 
 
-def drift_summary(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    """(bars checked, bars drifted), counted in one pass."""
-    row = conn.execute(query("drift_summary")).fetchone()
+@dataclass(frozen=True)
+class DriftScan:
+    """One set-based pass over every bar."""
+
+    checked: int
+    drifted: int
+    sample: list[uuid.UUID]  # up to the limit asked for, in no particular order
+
+
+def scan_drift(conn: psycopg.Connection[Any], *, limit: int | None) -> DriftScan:
+    """Count checked and drifted bars, and collect up to ``limit`` drifted ids.
+
+    Runs inside the caller's transaction and raises its work_mem for the rest
+    of it (see sql/queries/reconcile.sql).
+    """
+    conn.execute(query("set_work_mem"))
+    row = conn.execute(query("drift_scan"), {"limit": limit}).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1])
+    return DriftScan(int(row[0]), int(row[1]), list(row[2]))
 
 
 def verify(dsn: str, *, limit: int | None = 100) -> VerifyReport:
     """Check every bar without changing anything.
 
-    Lists at most ``limit`` drifted bars (all of them when None), in id order.
+    Lists up to ``limit`` drifted bars (all of them when None), sorted by id.
     Raises DatabaseUnavailable or SchemaNotInstalled (exit code 2).
     """
     with db.connection(dsn) as conn:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         db.require_schema(conn)
-        checked, drifted_total = drift_summary(conn)
+        scan = scan_drift(conn, limit=limit)
         drifted: list[DriftedBar] = []
-        if drifted_total and limit != 0:
-            rows = conn.execute(query("drifted_bars"), {"limit": limit}).fetchall()
+        if scan.sample:
+            rows = conn.execute(query("bar_status"), {"bar_ids": scan.sample}).fetchall()
             drifted = [DriftedBar(*row) for row in rows]
         open_alerts = conn.execute(query("open_alerts")).fetchone()[0]  # type: ignore[index]
-    report = VerifyReport(checked, drifted_total, drifted, int(open_alerts))
+    report = VerifyReport(scan.checked, scan.drifted, drifted, int(open_alerts))
     logger.debug(
         "checked %d bars: %d drifted, %d open alerts",
         report.checked,
