@@ -292,16 +292,24 @@ def test_database_without_our_schema_changes_nothing(host_db: Database) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1"),
-        (["--batch-size", "-5"], "Invalid value for '--batch-size'"),
-        (["--batch-size", "many"], "'many' is not a valid integer"),
-        (["--lock-timeout", "0"], "Invalid value for '--lock-timeout'"),
-        (["--dry-run", "--bogus"], "No such option '--bogus'"),
-        (["--dsn", "postgresql://nobody@127.0.0.1:1/none"], "cannot connect to database 'none'"),
+        (["reconcile", "--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
+        (["reconcile", "--batch-size", "-5"], "Invalid value for '--batch-size'"),
+        (["reconcile", "--batch-size", "many"], "'many' is not a valid integer"),
+        (["reconcile", "--lock-timeout", "0"], "Invalid value for '--lock-timeout'"),
+        (["reconcile", "--dry-run", "--bogus"], "No such option '--bogus'"),
+        (["verify", "--limit", "-1"], "Invalid value for '--limit'"),
+        (["verify", "--format", "yaml"], "Invalid value for '--format'"),
+        (["verify", "--bogus"], "No such option '--bogus'"),
+        (["verify", "--dsn", "not a dsn"], "invalid DSN"),
+        *(
+            ([command, "--dsn", "postgresql://nobody@127.0.0.1:1/none"], "cannot connect to")
+            for command in ("verify", "reconcile", "reconcile --dry-run")
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
-    result = run_cli("reconcile", *args, env={"MPESA_SYNC_DSN": "postgresql://x@127.0.0.1:1/x"})
+    argv = [*args[0].split(), *args[1:]]
+    result = run_cli(*argv, env={"MPESA_SYNC_DSN": "postgresql://x@127.0.0.1:1/x"})
     assert result.code == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("mpesa-sync: error: ")
