@@ -128,7 +128,7 @@ def reconcile(
             return report
 
         timeout = f"{max(1, round(lock_timeout * 1000))}ms"
-        with progress(len(drifted)) if progress else nullcontext(_ignore) as advance:
+        with progress(len(drifted)) if progress and drifted else nullcontext(_ignore) as advance:
             for batch in _batches(drifted, batch_size):
                 fixed, failed = _fix_batch(conn, batch, timeout)
                 report.fixed += fixed
