@@ -2,20 +2,25 @@
 
 Three processes, as in production: the relay (`mpesa-sync relay --http`), the
 SSE clients (this module run as ``python -m benchmarks.bench_relay client``:
-one asyncio process holding every connection on raw sockets), and the writer,
-which also runs the bare comparison: a plain LISTEN connection on the same
-channel, receiving the same notifications in the same run.
+one uvloop process holding every connection as a bare protocol), and the
+writer, which also runs the bare comparison on a plain LISTEN connection.
 
 * Latency: the writer toggles one bar at a time (a real change each), paced so
-  that events do not pile up, and notes when each commit returned. A client's
-  latency for an event is when it read the event minus that commit time
-  (CLOCK_MONOTONIC is shared by the processes). Figures are p50 and p99 over
-  every (client, event) pair of a run; the bare figure is the same for the
-  plain listener.
+  that each event is fanned out before the next (latency under saturation is
+  queueing, which the throughput figure covers), and notes when each commit
+  returned. A client's latency for an event is when it read the event minus
+  that commit time (CLOCK_MONOTONIC is shared by the processes). Figures are
+  p50 and p99 over every (client, event) pair of a run. The bare figure is the
+  raw LISTEN/NOTIFY round trip in the same run: pg_notify on one connection
+  until a plain listener on another has it.
+* The floor: the same latency through a bridge that does nothing but LISTEN
+  and write each payload to every socket (``... bench_relay bridge``): what
+  the kernel's loopback writes and one Python process cost on this machine,
+  whatever the relay does.
 * Throughput: the writer commits statements that flip 50 bars each (50 events
   per commit) back to back; the rate is events / (time from the first commit
-  to the moment the last client holds the last event). The bare rate is the
-  same for the plain listener, i.e. what the writer offered.
+  to the moment the last client holds the last event). The bare rate is when
+  the plain listener had the last one, i.e. what the writer offered.
 """
 
 from __future__ import annotations
@@ -51,72 +56,90 @@ LOAD = """
 """
 TOGGLE = "UPDATE mpesa_credentials SET is_active = NOT is_active WHERE tenant_id = ANY(%s)"
 BATCH = 50  # events per commit in the throughput run
-PACE = 0.01  # seconds between latency writes: one event at a time, not a burst
+# Seconds between latency writes: one event at a time, each fanned out before
+# the next arrives (latency under saturation would be queueing, which the
+# throughput figure covers).
+PACE = 0.05
 _ID = re.compile(rb"(?m)^id: (\d+)\n")
 
 
 def run(bench: Bench) -> list[Result]:
     many = bench.size(1000, 100)
-    latency_events = bench.size(200, 40)
+    latency_events = bench.size(100, 40)
     throughput_events = bench.size(10_000, 2_000)
     results: list[Result] = []
     with bench.database() as dsn:
         bars = prepare(dsn, max(BATCH * 4, latency_events))
-        with RelayUnderTest(dsn) as relay, RawListener(dsn) as raw:
-            for clients in (1, many):
-                with Clients(relay.url, clients) as sse:
-                    p50s, p99s, raw50s, raw99s = [], [], [], []
-                    for _ in range(RUNS):
-                        sse.start(keep_times=True)
-                        commits = write_paced(dsn, bars, latency_events)
-                        ours = sse.latency(commits)
-                        bare = raw.latency(commits)
-                        p50s.append(ours["p50"])
-                        p99s.append(ours["p99"])
-                        raw50s.append(bare["p50"])
-                        raw99s.append(bare["p99"])
-                    note = f"{latency_events} events per run, one commit each; bare: plain LISTEN"
-                    results.append(
-                        Result(
-                            name=f"SSE commit-to-client latency p50, {clients:,} client(s)",
-                            ours=p50s,
-                            bare=raw50s,
-                            unit="ms",
-                            absolute_target=5.0,
-                            note=note,
-                        )
+        with RawListener(dsn) as raw:
+            with RelayUnderTest(dsn) as relay:
+                for clients in (1, many):
+                    with Clients(relay.url, clients) as sse:
+                        results += latency(dsn, bars, latency_events, sse, raw, clients)
+                        if clients == many:
+                            results.append(throughput(dsn, bars, throughput_events, sse, raw))
+            # The floor on this machine: a bridge that only writes each payload
+            # to every socket (no catch-up read, no HTTP framework).
+            with Bridge(dsn) as bridge, Clients(bridge.url, many) as sse:
+                floor = latency(dsn, bars, latency_events, sse, raw, many)
+                for result in floor:
+                    result.name = result.name.replace(
+                        "SSE commit-to-client", "floor: bare NOTIFY-to-socket bridge,"
                     )
-                    results.append(
-                        Result(
-                            name=f"SSE commit-to-client latency p99, {clients:,} client(s)",
-                            ours=p99s,
-                            bare=raw99s,
-                            unit="ms",
-                            absolute_target=50.0,
-                            note=note,
-                        )
+                    result.absolute_target = None
+                    result.note = (
+                        "no catch-up, no HTTP framework: what the kernel and one "
+                        "Python process cost here; bare: raw LISTEN/NOTIFY round trip"
                     )
-                    if clients != many:
-                        continue
-                    rates, raw_rates = [], []
-                    for _ in range(RUNS):
-                        sse.start(keep_times=False)
-                        start, commits = write_burst(dsn, bars, throughput_events)
-                        rates.append(throughput_events / (sse.all_received(commits) - start))
-                        raw_rates.append(throughput_events / (raw.all_received(commits) - start))
-                    results.append(
-                        Result(
-                            name=f"SSE sustained throughput, {clients:,} clients",
-                            ours=rates,
-                            bare=raw_rates,
-                            unit="events/s",
-                            absolute_target=2000.0,
-                            higher_is_better=True,
-                            note=f"{throughput_events:,} events, {BATCH} per commit, every client "
-                            "gets every event; bare: plain LISTEN (what the writer offered)",
-                        )
-                    )
+                results += floor
     return results
+
+
+def latency(
+    dsn: str, bars: list[str], events: int, sse: Clients, raw: RawListener, clients: int
+) -> list[Result]:
+    """p50 and p99 commit-to-client latency, RUNS runs of ``events`` paced commits."""
+    p50s, p99s, raw50s, raw99s = [], [], [], []
+    for _ in range(RUNS):
+        sse.start(keep_times=True)
+        commits = write_paced(dsn, bars, events)
+        ours, bare = sse.latency(commits), raw.round_trip(dsn, events)
+        p50s.append(ours["p50"])
+        p99s.append(ours["p99"])
+        raw50s.append(bare["p50"])
+        raw99s.append(bare["p99"])
+    note = (
+        f"{events} events per run, one commit each, from the commit's return; "
+        "bare: raw LISTEN/NOTIFY round trip"
+    )
+    name = f"SSE commit-to-client latency %s, {clients:,} client(s)"
+    return [
+        Result(
+            name=name % "p50", ours=p50s, bare=raw50s, unit="ms", absolute_target=5.0, note=note
+        ),
+        Result(
+            name=name % "p99", ours=p99s, bare=raw99s, unit="ms", absolute_target=50.0, note=note
+        ),
+    ]
+
+
+def throughput(dsn: str, bars: list[str], events: int, sse: Clients, raw: RawListener) -> Result:
+    """Events/s until every client holds every event, RUNS bursts of ``events``."""
+    rates, raw_rates = [], []
+    for _ in range(RUNS):
+        sse.start(keep_times=False)
+        start, commits = write_burst(dsn, bars, events)
+        rates.append(events / (sse.all_received(commits) - start))
+        raw_rates.append(events / (raw.all_received(commits) - start))
+    return Result(
+        name=f"SSE sustained throughput, {sse.count:,} clients",
+        ours=rates,
+        bare=raw_rates,
+        unit="events/s",
+        absolute_target=2000.0,
+        higher_is_better=True,
+        note=f"{events:,} events, {BATCH} per commit, every client gets every event; "
+        "bare: plain LISTEN (what the writer offered)",
+    )
 
 
 # -- the database and the writer ------------------------------------------------------
@@ -223,9 +246,12 @@ class RawListener:
 
     def __init__(self, dsn: str) -> None:
         self.received: dict[int, float] = {}
+        self.pings: dict[int, float] = {}
+        self._next_ping = 0
         self._stop = threading.Event()
         self._conn = psycopg.connect(dsn, autocommit=True)
         self._conn.execute("LISTEN mpesa_status")
+        self._conn.execute("LISTEN mpesa_bench_ping")
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
 
@@ -233,8 +259,9 @@ class RawListener:
         while not self._stop.is_set():
             for note in self._conn.notifies(timeout=0.5):
                 now = time.monotonic()
-                event_id = payload_event_id(note.payload)
-                if event_id is not None:
+                if note.channel == "mpesa_bench_ping":
+                    self.pings[int(note.payload)] = now
+                elif (event_id := payload_event_id(note.payload)) is not None:
                     self.received[event_id] = now
 
     def _wait(self, ids: list[int], timeout: float = 120) -> None:
@@ -244,9 +271,22 @@ class RawListener:
                 raise RuntimeError("the plain listener missed notifications")
             time.sleep(0.01)
 
-    def latency(self, commits: dict[int, float]) -> dict[str, float]:
-        self._wait(list(commits))
-        return percentiles([(self.received[i] - t) * 1000 for i, t in commits.items()])
+    def round_trip(self, dsn: str, count: int) -> dict[str, float]:
+        """The raw LISTEN/NOTIFY round trip: pg_notify on another connection
+        until this listener has it, ``count`` times, paced like the events."""
+        sent: dict[int, float] = {}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(count):
+                key, self._next_ping = self._next_ping, self._next_ping + 1
+                sent[key] = time.monotonic()
+                conn.execute("SELECT pg_notify('mpesa_bench_ping', %s)", (str(key),))
+                time.sleep(PACE)
+        deadline = time.monotonic() + 60
+        while any(k not in self.pings for k in sent):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the plain listener missed pings")
+            time.sleep(0.01)
+        return percentiles([(self.pings[k] - t) * 1000 for k, t in sent.items()])
 
     def all_received(self, commits: dict[int, float]) -> float:
         self._wait(list(commits))
@@ -261,10 +301,34 @@ class RawListener:
         self._conn.close()
 
 
+class Bridge:
+    """The floor: ``python -m benchmarks.bench_relay bridge DSN`` in its own process."""
+
+    def __init__(self, dsn: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_relay", "bridge", dsn],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        self.url = json.loads(self.proc.stdout.readline())["url"]
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # its signal to stop
+        self.proc.wait(30)
+
+
 class Clients:
     """The SSE client process; commands and answers are JSON lines on its stdin/stdout."""
 
     def __init__(self, url: str, count: int) -> None:
+        self.count = count
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.bench_relay", "client", url, str(count)],
             stdin=subprocess.PIPE,
@@ -429,8 +493,56 @@ async def _client_main(url: str, count: int) -> None:
         print(json.dumps(answer), flush=True)
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["client"]:
-    from mpesa_sync.commands.relay import _loop_factory
+class _BridgeClient(asyncio.Protocol):
+    def __init__(self, clients: list[asyncio.Transport]) -> None:
+        self._clients = clients
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_client_main(sys.argv[2], int(sys.argv[3])))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._transport is not None and b"\r\n\r\n" in self._buf:
+            self._transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+            self._clients.append(self._transport)
+            self._transport = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+async def _bridge_main(dsn: str) -> None:
+    clients: list[asyncio.Transport] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _BridgeClient(clients), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    await conn.execute("LISTEN mpesa_status")
+    print(json.dumps({"url": f"http://127.0.0.1:{port}"}), flush=True)
+
+    async def relay() -> None:
+        async for note in conn.notifies():
+            frame = b"id: %d\ndata: %s\n\n" % (
+                payload_event_id(note.payload) or 0,
+                note.payload.encode(),
+            )
+            for transport in clients:
+                transport.write(frame)
+
+    task = asyncio.create_task(relay())
+    await asyncio.to_thread(sys.stdin.read)  # until the benchmark closes our stdin
+    task.cancel()
+    await conn.close()
+    server.close()
+
+
+if __name__ == "__main__":
+    from mpesa_sync.relay_service import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        if sys.argv[1] == "client":
+            runner.run(_client_main(sys.argv[2], int(sys.argv[3])))
+        else:
+            runner.run(_bridge_main(sys.argv[2]))

@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 from uuid import UUID
 
@@ -101,6 +101,16 @@ async def serve(
             loop.remove_signal_handler(sig)
         if sock is not None:
             sock.close()
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (not on Windows): fan-out to many clients
+    is mostly socket writes, which it does in C. None: asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def stdout_sink(out: TextIO, bar_id: UUID | None, relay: Relay) -> Sink:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from uuid import UUID
 
 import click
@@ -59,19 +58,9 @@ def relay(
     or session-pooled connection: LISTEN does not work through PgBouncer in
     transaction mode.
     """
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=relay_service.loop_factory()) as runner:
         runner.run(relay_service.serve(dsn, http=http_address, since=since, bar_id=bar_id))
     return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed (not on Windows): fan-out to many clients is
-    mostly socket writes, which it does in C."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 COMMANDS = (relay,)
