@@ -206,7 +206,12 @@ class Relay:
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         conn = await db.connect_async(
-            self.dsn, autocommit=True, application_name=self.settings.application_name
+            self.dsn,
+            autocommit=True,
+            application_name=self.settings.application_name,
+            # Keepalives notice a dead peer on an idle connection; this bounds
+            # a read that was sent into a black hole (unacknowledged data).
+            tcp_user_timeout=30_000,
         )
         try:
             # LISTEN before the first read: a commit after this point is
