@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m pytest -p no:cacheprovider -m bench benchmarks $(PYTEST_ARGS)
+	$(PY) -m benchmarks.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

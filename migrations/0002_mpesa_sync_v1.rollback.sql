@@ -16,6 +16,5 @@ DROP FUNCTION mpesa_sync.credentials_changed_v1();
 DROP FUNCTION mpesa_sync.sync_bars_v1(uuid[]);
 DROP FUNCTION mpesa_sync.raise_alert_v1(text, uuid, jsonb);
 DROP VIEW mpesa_sync.bar_status_v1;
-DROP FUNCTION mpesa_sync.has_active_credentials_v1(uuid);
 
 REVOKE ALL ON SCHEMA mpesa_sync FROM PUBLIC;

