@@ -61,7 +61,8 @@ class Database:
 
     def add_credentials(self, bar_id: uuid.UUID, environment: str = "sandbox", *,
                         active: bool | None = True, shortcode: str = "174379",
-                        key: bytes = b"k", secret: bytes = b"s", passkey: bytes = b"p") -> uuid.UUID:
+                        key: bytes = b"k", secret: bytes = b"s",
+                        passkey: bytes = b"p") -> uuid.UUID:
         return self.scalar(
             """INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,
                    consumer_key_enc, consumer_secret_enc, passkey_enc, is_active)
@@ -77,10 +78,9 @@ class Database:
 
     def force_enabled(self, bar_id: uuid.UUID, value: bool | None) -> None:
         """Write mpesa_enabled behind the triggers' back (replica mode)."""
-        with self.connect() as conn:
-            with conn.transaction():
-                conn.execute("SET LOCAL session_replication_role = replica")
-                conn.execute("UPDATE bars SET mpesa_enabled = %s WHERE id = %s", (value, bar_id))
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("UPDATE bars SET mpesa_enabled = %s WHERE id = %s", (value, bar_id))
 
     def events(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM mpesa_sync.status_events ORDER BY event_id")

@@ -101,7 +101,8 @@ def apply(conn: psycopg.Connection, bars: list[uuid.UUID], model: Model, op: tup
     model.settle()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(OPERATIONS, min_size=1, max_size=25))
 def test_random_sequences_match_the_model(db: Database, ops: list[tuple]) -> None:
     with db.connect() as conn:
