@@ -83,7 +83,7 @@ def table_data(dsn: str, tables: tuple[str, ...] = ("bars", "mpesa_credentials")
     with psycopg.connect(dsn) as conn:
         return {
             table: conn.execute(
-                f"SELECT to_jsonb(t) FROM public.{table} AS t ORDER BY id"  # noqa: S608
+                f"SELECT to_jsonb(t) FROM public.{table} AS t ORDER BY id"
             ).fetchall()
             for table in tables
         }

@@ -12,10 +12,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-import warnings
 
 import psycopg
 
