@@ -55,28 +55,38 @@ $$;
 
 -- Bring the given bars in line with their credentials. Called by the
 -- credential triggers with the bars their statement touched.
+--
+-- force_generic_plan: every statement here is an index lookup by = ANY, the
+-- right plan for one bar and for 100k. Left to choose, PostgreSQL re-plans
+-- them for each call, and planning costs more than running them.
 CREATE FUNCTION mpesa_sync.sync_bars_v1(p_bar_ids uuid[])
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+    v_stripes integer[];
 BEGIN
     IF coalesce(cardinality(p_bar_ids), 0) = 0 THEN
         RETURN;
     END IF;
 
     -- 1. Write the stripes of these bars, locked in stripe order so that two
-    --    statements never wait on each other in a cycle.
+    --    statements never wait on each other in a cycle. Each step is an index
+    --    lookup by = ANY: a single-row toggle must not scan all 1024 stripes.
+    v_stripes := ARRAY(
+        SELECT DISTINCT uuid_hash(u) & 1023 FROM unnest(p_bar_ids) AS u
+    );
+    PERFORM 1
+    FROM mpesa_sync.sync_stripes AS s
+    WHERE s.stripe = ANY (v_stripes)
+    ORDER BY s.stripe
+    FOR UPDATE;
     UPDATE mpesa_sync.sync_stripes AS s
     SET writes = s.writes + 1
-    WHERE s.stripe IN (
-        SELECT l.stripe
-        FROM mpesa_sync.sync_stripes AS l
-        WHERE l.stripe IN (SELECT uuid_hash(u) & 1023 FROM unnest(p_bar_ids) AS u)
-        ORDER BY l.stripe
-        FOR UPDATE
-    );
+    WHERE s.stripe = ANY (v_stripes);
 
     -- 2. Lock the bars themselves in id order. NO KEY UPDATE is the lock our
     --    UPDATE below takes anyway; unlike FOR UPDATE it does not conflict with
