@@ -18,19 +18,16 @@ import click
 import psycopg
 
 from mpesa_sync import __version__
+from mpesa_sync.commands import EXIT_ERROR, EXIT_OK
 from mpesa_sync.commands import alerts as alerts_commands
 from mpesa_sync.commands import migrate as migrate_commands
 from mpesa_sync.commands import reconcile as reconcile_commands
 from mpesa_sync.commands import relay as relay_commands
 from mpesa_sync.commands import settings as settings_commands
+from mpesa_sync.db import first_line
 from mpesa_sync.errors import MpesaSyncError
 
 logger = logging.getLogger("mpesa_sync")
-
-EXIT_OK = 0
-EXIT_DRIFT = 1
-EXIT_ERROR = 2
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mpesa-sync")
@@ -84,8 +81,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(str(exc), exc.exit_code)
     except psycopg.Error as exc:
         state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        _fail(f"database error: {first}{state}", EXIT_ERROR)
+        _fail(f"database error: {first_line(exc)}{state}", EXIT_ERROR)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

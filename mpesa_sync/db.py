@@ -88,6 +88,11 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def set_lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
+    """``SET LOCAL lock_timeout`` for the current transaction, in whole milliseconds."""
+    conn.execute(query("set_lock_timeout"), {"lock_timeout": f"{max(1, round(seconds * 1000))}ms"})
+
+
 def require_schema(conn: psycopg.Connection[Any]) -> None:
     """Raise SchemaNotInstalled unless the migrations have been applied."""
     row = conn.execute(query("schema_installed")).fetchone()

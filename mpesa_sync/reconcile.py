@@ -127,10 +127,9 @@ def reconcile(
             report.remaining = scan.drifted
             return report
 
-        timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         with progress(len(drifted)) if progress and drifted else nullcontext(_ignore) as advance:
             for batch in _batches(drifted, batch_size):
-                fixed, failed = _fix_batch(conn, batch, timeout)
+                fixed, failed = _fix_batch(conn, batch, lock_timeout)
                 report.fixed += fixed
                 report.failed.extend(failed)
                 advance(len(batch))
@@ -161,13 +160,13 @@ def _batches(ids: Sequence[uuid.UUID], size: int) -> Iterator[list[uuid.UUID]]:
 
 
 def _fix_batch(
-    conn: psycopg.Connection[Any], batch: list[uuid.UUID], lock_timeout: str
+    conn: psycopg.Connection[Any], batch: list[uuid.UUID], lock_timeout: float
 ) -> tuple[int, list[FailedBar]]:
     """Fix one batch in its own transaction: (bars changed, bars refused)."""
     with conn.transaction():
         conn.execute(query("take_reconcile_lock"))
-        conn.execute(query("set_lock_timeout"), {"lock_timeout": lock_timeout})
-        after = conn.execute(query("last_event_id")).fetchone()[0]  # type: ignore[index]
+        db.set_lock_timeout(conn, lock_timeout)
+        after = conn.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
         failed = [
             FailedBar(bar_id, error, sqlstate, constraint)
             for bar_id, error, sqlstate, constraint in conn.execute(

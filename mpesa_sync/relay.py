@@ -110,7 +110,7 @@ class Relay:
             row = await (await conn.execute(query("schema_installed"))).fetchone()
             if not row or not row[0]:
                 raise SchemaNotInstalled()
-            row = await (await conn.execute(query("relay_newest_event_id"))).fetchone()
+            row = await (await conn.execute(query("newest_event_id"))).fetchone()
             newest = int(row[0]) if row else 0
             if self._since is not None and self._since > newest:
                 raise ConfigError(

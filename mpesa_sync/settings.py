@@ -223,8 +223,7 @@ def _save_once(conn: psycopg.Connection[Any], params: dict[str, Any],
                lock_timeout: float | None) -> dict[str, Any]:
     with conn.transaction():
         if lock_timeout is not None:
-            conn.execute(query("set_lock_timeout"),
-                         {"lock_timeout": f"{max(1, round(lock_timeout * 1000))}ms"})
+            db.set_lock_timeout(conn, lock_timeout)
         row = conn.execute(query("save_settings"), params).fetchone()
     assert row is not None
     return dict(row[0])

@@ -496,11 +496,10 @@ $$;
 -- in the error's COLUMN field, and never echoes a value: a secret pasted into
 -- the wrong field must not end up in a log.
 --
--- The upsert fires the credential triggers in this transaction; the explicit
--- sync_bars_v1 afterwards also covers a bar that had drifted before this call
--- and whose is_active did not change (the UPDATE trigger only recomputes bars
--- whose is_active changed). It costs one stripe write and the bar's row lock,
--- which the trigger would usually take anyway.
+-- The upsert fires the credential triggers in this transaction.
+-- sync_bars_v1 runs a second time only for a bar that had drifted before this
+-- call and whose is_active did not change (the UPDATE trigger recomputes only
+-- bars whose is_active changed), so an ordinary save syncs once.
 CREATE FUNCTION mpesa_sync.save_settings(
     p_bar_id uuid,
     p_environment text,
@@ -571,11 +570,16 @@ BEGIN
         is_active = excluded.is_active
     RETURNING c.id INTO v_credential_id;
 
-    PERFORM mpesa_sync.sync_bars_v1(ARRAY[p_bar_id]);
-
     SELECT s.* INTO v_status
     FROM mpesa_sync.bar_status_v1 AS s
     WHERE s.bar_id = p_bar_id;
+
+    IF v_status.mpesa_enabled IS DISTINCT FROM v_status.expected THEN
+        PERFORM mpesa_sync.sync_bars_v1(ARRAY[p_bar_id]);
+        SELECT s.* INTO v_status
+        FROM mpesa_sync.bar_status_v1 AS s
+        WHERE s.bar_id = p_bar_id;
+    END IF;
 
     RETURN jsonb_build_object(
         'success', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,

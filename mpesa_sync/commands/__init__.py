@@ -1,4 +1,4 @@
-"""Subcommands of `mpesa-sync`, and the options they share."""
+"""Subcommands of `mpesa-sync`, and what they share: options, exit codes, formatting."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The documented exit codes (README, "Command line").
+EXIT_OK = 0
+EXIT_DRIFT = 1  # drift found, or a partial failure
+EXIT_ERROR = 2  # bad input, unreachable database, schema not installed
+
+DSN_HELP = "libpq connection string or URL (env MPESA_SYNC_DSN)."
+
 
 def dsn_option(func: F) -> F:
     """--dsn, else MPESA_SYNC_DSN; a missing value is a one-line error."""
@@ -16,12 +23,13 @@ def dsn_option(func: F) -> F:
         "--dsn",
         envvar="MPESA_SYNC_DSN",
         metavar="DSN",
-        callback=_require_dsn,
-        help="libpq connection string or URL (env MPESA_SYNC_DSN).",
+        callback=lambda ctx, _param, value: require_dsn(ctx, value),
+        help=DSN_HELP,
     )(func)
 
 
-def _require_dsn(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+def require_dsn(ctx: click.Context, value: str | None) -> str:
+    """The DSN, or a usage error naming both ways to give one."""
     if not value:
         raise click.UsageError("no database given: pass --dsn or set MPESA_SYNC_DSN", ctx)
     return value
@@ -36,3 +44,8 @@ def format_option(func: F) -> F:
         show_default=True,
         help="Output format.",
     )(func)
+
+
+def flag(value: bool | None) -> str:
+    """A nullable boolean as the JSON-ish word operators read: true, false, null."""
+    return "null" if value is None else str(value).lower()

@@ -12,13 +12,11 @@ import click
 
 from mpesa_sync import alerts as alerts_api
 from mpesa_sync import db
-from mpesa_sync.commands import format_option
-
-_dsn_help = "libpq connection string or URL (env MPESA_SYNC_DSN)."
+from mpesa_sync.commands import DSN_HELP, format_option, require_dsn
 
 
 @click.group("alerts", invoke_without_command=True)
-@click.option("--dsn", envvar="MPESA_SYNC_DSN", metavar="DSN", help=_dsn_help)
+@click.option("--dsn", envvar="MPESA_SYNC_DSN", metavar="DSN", help=DSN_HELP)
 @click.option("--all", "include_acknowledged", is_flag=True,
               help="Include acknowledged alerts.")
 @format_option
@@ -29,7 +27,7 @@ def alerts(ctx: click.Context, dsn: str | None, include_acknowledged: bool,
     ctx.obj = {"dsn": dsn}
     if ctx.invoked_subcommand is not None:
         return 0
-    with db.connection(_require_dsn(ctx, dsn)) as conn:
+    with db.connection(require_dsn(ctx, dsn)) as conn:
         db.require_schema(conn)
         found = alerts_api.list_alerts(conn, include_acknowledged=include_acknowledged)
     if output_format == "json":
@@ -48,12 +46,14 @@ def alerts(ctx: click.Context, dsn: str | None, include_acknowledged: bool,
 
 @alerts.command("ack")
 @click.argument("alert_id", metavar="ID", type=click.IntRange(min=1))
-@click.option("--dsn", metavar="DSN", help=_dsn_help)
+@click.option("--dsn", metavar="DSN", help=DSN_HELP)
 @click.pass_context
 def ack(ctx: click.Context, alert_id: int, dsn: str | None) -> int:
     """Acknowledge alert ID (an unknown id is an error, exit 2)."""
     # ack's own --dsn, else the group's (which falls back to MPESA_SYNC_DSN).
-    dsn = _require_dsn(ctx, dsn or ctx.obj["dsn"])
+    # Not dsn_option on the group: its check would refuse `alerts --dsn X ack ID`
+    # style calls before ack could fall back on the group's --dsn.
+    dsn = require_dsn(ctx, dsn or ctx.obj["dsn"])
     with db.connection(dsn) as conn:
         db.require_schema(conn)
         alert, newly = alerts_api.acknowledge(conn, alert_id)
@@ -61,14 +61,6 @@ def ack(ctx: click.Context, alert_id: int, dsn: str | None) -> int:
     click.echo(f"acknowledged alert {alert.id}" if newly
                else f"alert {alert.id} was already acknowledged at {when}")
     return 0
-
-
-def _require_dsn(ctx: click.Context, dsn: str | None) -> str:
-    # Not dsn_option: its check would refuse `alerts --dsn X ack ID` before
-    # ack could fall back on the group's --dsn.
-    if not dsn:
-        raise click.UsageError("no database given: pass --dsn or set MPESA_SYNC_DSN", ctx)
-    return dsn
 
 
 COMMANDS = (alerts,)

@@ -12,10 +12,7 @@ import click
 
 from mpesa_sync import reconcile as reconciling
 from mpesa_sync import verify as verifying
-from mpesa_sync.commands import dsn_option, format_option
-
-EXIT_OK = 0
-EXIT_DRIFT = 1
+from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_option
 
 
 @click.command()
@@ -52,8 +49,8 @@ def _print_verify(report: verifying.VerifyReport) -> None:
     click.echo(f"drift: {report.drifted_total} of {report.checked} bars drifted")
     for bar in report.drifted:
         click.echo(
-            f"  {bar.bar_id}  mpesa_enabled={_flag(bar.mpesa_enabled)}"
-            f"  expected={_flag(bar.expected)}"
+            f"  {bar.bar_id}  mpesa_enabled={flag(bar.mpesa_enabled)}"
+            f"  expected={flag(bar.expected)}"
         )
     if report.truncated:
         click.echo(
@@ -129,9 +126,6 @@ def _print_reconcile(report: reconciling.ReconcileReport) -> None:
     else:
         click.echo(f"{report.remaining} bar(s) still drifted; see `mpesa-sync verify`")
 
-
-def _flag(value: bool | None) -> str:
-    return "null" if value is None else str(value).lower()
 
 
 COMMANDS = (verify, reconcile)

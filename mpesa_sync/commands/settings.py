@@ -15,7 +15,7 @@ import uuid
 import click
 
 from mpesa_sync import daraja, db, settings
-from mpesa_sync.commands import dsn_option, format_option
+from mpesa_sync.commands import dsn_option, flag, format_option
 from mpesa_sync.crypto import CredentialCipher
 from mpesa_sync.errors import ConfigError
 
@@ -66,7 +66,7 @@ def set_settings(dsn: str, bar_id: uuid.UUID, environment: str, shortcode: str,
         click.echo(
             f"saved {result.environment} credentials for bar {result.bar_id} "
             f"({'active' if result.is_active else 'inactive'}); "
-            f"mpesa_enabled is now {_flag(result.mpesa_enabled)}"
+            f"mpesa_enabled is now {flag(result.mpesa_enabled)}"
         )
     return 0
 
@@ -83,8 +83,8 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
     if output_format == "json":
         click.echo(json.dumps(state.to_json()))
         return 0
-    sync = "in sync" if state.in_sync else f"drifted, expected {_flag(state.expected)}"
-    click.echo(f"bar {state.bar_id}: mpesa_enabled {_flag(state.mpesa_enabled)} ({sync})")
+    sync = "in sync" if state.in_sync else f"drifted, expected {flag(state.expected)}"
+    click.echo(f"bar {state.bar_id}: mpesa_enabled {flag(state.mpesa_enabled)} ({sync})")
     if not state.credentials:
         click.echo("  no credentials")
     for c in state.credentials:
@@ -142,9 +142,6 @@ def _read_secret(envvar: str, label: str) -> str:
                           "or run on a terminal to be asked for it")
     return str(click.prompt(label, hide_input=True))
 
-
-def _flag(value: bool | None) -> str:
-    return "null" if value is None else str(value).lower()
 
 
 COMMANDS = (settings_group,)

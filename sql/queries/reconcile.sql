@@ -13,16 +13,11 @@ SELECT set_config('work_mem', '64MB', true);
 -- name: drift_scan
 -- One set-based pass over every bar: how many were checked, how many drifted,
 -- and the ids of up to `limit` drifted bars (all of them when it is NULL),
--- in no particular order.
+-- in no particular order. The rule comes from mpesa_sync.bar_status_v1, which
+-- the planner inlines.
 --
--- This is the rule of mpesa_sync.has_active_credentials_v1 written as a set.
--- bar_status_v1 cannot serve a whole-table read: the function's body holds a
--- sublink, so the planner never inlines it and calls it once per bar (about
--- three times the cost of this query on a million bars). tests/test_verify.py
--- checks that both agree.
---
--- OFFSET 0 keeps the subquery from being flattened into the aggregate, where
--- the planner would cost the EXISTS for one execution and so never hash it.
+-- OFFSET 0 keeps the view from being flattened into the aggregate, where the
+-- planner would cost its EXISTS for one execution and so never hash it.
 SELECT
     count(*) AS checked,
     count(*) FILTER (WHERE s.drifted) AS drifted,
@@ -32,15 +27,8 @@ SELECT
         '{}'
     ) AS sample
 FROM (
-    SELECT
-        b.id AS bar_id,
-        b.mpesa_enabled IS DISTINCT FROM EXISTS (
-            SELECT 1
-            FROM public.mpesa_credentials AS c
-            WHERE c.tenant_id = b.id
-              AND c.is_active
-        ) AS drifted
-    FROM public.bars AS b
+    SELECT v.bar_id, v.mpesa_enabled IS DISTINCT FROM v.expected AS drifted
+    FROM mpesa_sync.bar_status_v1 AS v
     OFFSET 0
 ) AS s;
 
@@ -63,14 +51,6 @@ WHERE a.acknowledged_at IS NULL;
 -- timeout is set: waiting one batch for the other reconcile is expected.
 -- 1836085859 is 'mprc' in ASCII; migrate and the event ids use other keys.
 SELECT pg_advisory_xact_lock(1836085859);
-
--- name: set_lock_timeout
--- SET LOCAL with a parameter: SET itself takes no bind parameters.
-SELECT set_config('lock_timeout', %(lock_timeout)s, true);
-
--- name: last_event_id
-SELECT coalesce(max(e.event_id), 0)
-FROM mpesa_sync.status_events AS e;
 
 -- name: fix_bars
 -- The shared fix: tries the batch in one statement, retries it bar by bar when

@@ -8,9 +8,10 @@
 -- name: relay_listen
 LISTEN mpesa_status;
 
--- name: relay_newest_event_id
--- Where a relay starts when it is not given --since. 0 on an empty table.
-SELECT coalesce(max(event_id), 0) FROM mpesa_sync.status_events;
+-- name: newest_event_id
+-- Where a relay starts when it is not given --since, and where a reconcile
+-- batch starts counting its own events. 0 on an empty table.
+SELECT coalesce(max(e.event_id), 0) FROM mpesa_sync.status_events AS e;
 
 -- name: relay_events_between
 -- Events in (after, upto], oldest first, a page at a time. The relay's

@@ -26,3 +26,8 @@ ORDER BY id;
 
 -- name: last_alert_id
 SELECT coalesce(max(id), 0) FROM mpesa_sync.alerts;
+
+-- name: set_lock_timeout
+-- SET LOCAL with a parameter (SET itself takes no bind parameters); see
+-- mpesa_sync.db.set_lock_timeout.
+SELECT set_config('lock_timeout', %(lock_timeout)s, true);
