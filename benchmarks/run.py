@@ -120,7 +120,8 @@ def report(results: list[tuple[str, Result]], scale: str, version: str, elapsed:
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}make bench` on "
+        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}make bench` "
+        f"(benchmarks/run.py) on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.",
         "",
         f"- Machine: {machine()}",
