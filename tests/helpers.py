@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +104,14 @@ class CliResult:
     code: int
     stdout: str
     stderr: str
+
+
+def run_module(*args: str, env: dict[str, str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m mpesa_sync ARGS`` in a child process, to its end: what a shell
+    sees on real stdout and stderr (no traceback can hide in a test runner)."""
+    return subprocess.run([sys.executable, "-m", "mpesa_sync", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False)
 
 
 def run_cli(*args: str, env: dict[str, str | None] | None = None) -> CliResult:

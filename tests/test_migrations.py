@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -16,16 +17,14 @@ from mpesa_sync.errors import HostSchemaMissing
 from mpesa_sync.resources import resource_dir
 from tests.catalog import describe, table_data
 from tests.conftest import HOST_TEMPLATE, _create_database, _drop_database
-from tests.helpers import Database
+from tests.helpers import Database, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_MIGRATIONS = sorted(p.stem for p in resource_dir("migrations").glob("*.sql")
                         if not p.stem.endswith(".rollback"))
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpesa_sync", *args], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+cli = run_module
 
 
 def test_schema_sql_and_migrations_build_the_same_schema(server, host_db: Database) -> None:
@@ -209,7 +208,7 @@ def test_rollback_keeps_created_tables_that_hold_data(empty_db: Database) -> Non
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MPESA_SYNC_DSN"}
+    env = {k: v for k, v in os.environ.items() if k != "MPESA_SYNC_DSN"}
     result = cli(*args, env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -219,7 +218,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
 
 
 def test_dsn_comes_from_the_environment(host_db: Database) -> None:
-    env = {**__import__("os").environ, "MPESA_SYNC_DSN": host_db.dsn}
+    env = {**os.environ, "MPESA_SYNC_DSN": host_db.dsn}
     result = cli("migrate", env=env)
     assert result.returncode == 0, result.stderr
     assert f"applied {len(ALL_MIGRATIONS)} migration(s)" in result.stdout

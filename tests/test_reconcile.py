@@ -20,7 +20,7 @@ import pytest
 
 from mpesa_sync import reconcile
 from mpesa_sync.errors import ConfigError
-from tests.helpers import Database, run_cli
+from tests.helpers import Database, run_cli, run_module
 
 REPORT_KEYS = {"consistent", "dry_run", "checked", "drifted", "fixed", "failed", "remaining"}
 
@@ -274,13 +274,7 @@ def test_reconcile_racing_staff_writes_ends_without_drift(db: Database) -> None:
 
 def test_database_without_our_schema_changes_nothing(host_db: Database) -> None:
     bar = host_db.add_bar("host default true, no credentials")  # drifted, no triggers
-    result = subprocess.run(
-        [sys.executable, "-m", "mpesa_sync", "reconcile", "--dsn", host_db.dsn],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("reconcile", "--dsn", host_db.dsn, timeout=60)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [

@@ -35,7 +35,7 @@ from mpesa_sync.relay import (
     SubscriptionLagged,
 )
 from mpesa_sync.relay_service import listen_socket
-from tests.helpers import Database
+from tests.helpers import Database, run_module
 
 EVENT_FIELDS = {"event_id", "bar_id", "mpesa_enabled", "source", "at"}
 SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
@@ -190,13 +190,7 @@ class SseReader:
 
 def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`mpesa-sync relay` run to its end (for the paths that exit at once)."""
-    return subprocess.run(
-        [sys.executable, "-m", "mpesa_sync", "relay", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("relay", *args, timeout=60)
 
 
 def new_events(db: Database, after: int) -> list[dict[str, Any]]:
