@@ -12,7 +12,7 @@ import click
 
 from mpesa_sync import alerts as alerts_api
 from mpesa_sync import db
-from mpesa_sync.commands import DSN_HELP, format_option, require_dsn
+from mpesa_sync.commands import DSN_HELP, EXIT_OK, format_option, require_dsn
 
 
 @click.group("alerts", invoke_without_command=True)
@@ -26,13 +26,13 @@ def alerts(ctx: click.Context, dsn: str | None, include_acknowledged: bool,
     """List open alerts (every alert with --all); `alerts ack ID` acknowledges one."""
     ctx.obj = {"dsn": dsn}
     if ctx.invoked_subcommand is not None:
-        return 0
+        return EXIT_OK
     with db.connection(require_dsn(ctx, dsn)) as conn:
         db.require_schema(conn)
         found = alerts_api.list_alerts(conn, include_acknowledged=include_acknowledged)
     if output_format == "json":
         click.echo(json.dumps([a.to_json() for a in found]))
-        return 0
+        return EXIT_OK
     if not found:
         click.echo("no alerts" if include_acknowledged else "no open alerts")
     for a in found:
@@ -41,7 +41,7 @@ def alerts(ctx: click.Context, dsn: str | None, include_acknowledged: bool,
             state = f"acknowledged {a.acknowledged_at:%Y-%m-%d %H:%M:%S}"
         click.echo(f"{a.id:>6}  {a.created_at:%Y-%m-%d %H:%M:%S%z}  {a.kind:<22} "
                    f"bar {a.bar_id or '-'}  {state}  {json.dumps(a.detail, sort_keys=True)}")
-    return 0
+    return EXIT_OK
 
 
 @alerts.command("ack")
@@ -60,7 +60,7 @@ def ack(ctx: click.Context, alert_id: int, dsn: str | None) -> int:
     when = f"{alert.acknowledged_at:%Y-%m-%d %H:%M:%S%z}"
     click.echo(f"acknowledged alert {alert.id}" if newly
                else f"alert {alert.id} was already acknowledged at {when}")
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = (alerts,)

@@ -7,7 +7,7 @@ import json
 import click
 
 from mpesa_sync import migrations
-from mpesa_sync.commands import dsn_option, format_option
+from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, format_option
 
 
 @click.command()
@@ -36,7 +36,7 @@ def migrate(dsn: str, create_tables: bool, output_format: str) -> int:
             "see `mpesa-sync alerts`",
             err=True,
         )
-    return 1 if report.refused else 0
+    return EXIT_DRIFT if report.refused else EXIT_OK
 
 
 @click.command()
@@ -49,7 +49,7 @@ def rollback(dsn: str, steps: int | None, undo_all: bool) -> int:
         raise click.UsageError("give --steps or --all, not both")
     undone = migrations.rollback(dsn, count=None if undo_all else (steps or 1))
     click.echo(f"rolled back {len(undone)} migration(s): {', '.join(undone) or '-'}")
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = (migrate, rollback)

@@ -8,7 +8,7 @@ from uuid import UUID
 import click
 
 from mpesa_sync import relay_service
-from mpesa_sync.commands import dsn_option
+from mpesa_sync.commands import EXIT_OK, dsn_option
 
 
 class HostPort(click.ParamType):
@@ -60,7 +60,7 @@ def relay(
     """
     with asyncio.Runner(loop_factory=relay_service.loop_factory()) as runner:
         runner.run(relay_service.serve(dsn, http=http_address, since=since, bar_id=bar_id))
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = (relay,)

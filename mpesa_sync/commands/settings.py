@@ -15,7 +15,7 @@ import uuid
 import click
 
 from mpesa_sync import daraja, db, settings
-from mpesa_sync.commands import dsn_option, flag, format_option
+from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_option
 from mpesa_sync.crypto import CredentialCipher
 from mpesa_sync.errors import ConfigError
 
@@ -68,7 +68,7 @@ def set_settings(dsn: str, bar_id: uuid.UUID, environment: str, shortcode: str,
             f"({'active' if result.is_active else 'inactive'}); "
             f"mpesa_enabled is now {flag(result.mpesa_enabled)}"
         )
-    return 0
+    return EXIT_OK
 
 
 @settings_group.command("show")
@@ -82,7 +82,7 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
         state = settings.read_settings(conn, bar_id)
     if output_format == "json":
         click.echo(json.dumps(state.to_json()))
-        return 0
+        return EXIT_OK
     sync = "in sync" if state.in_sync else f"drifted, expected {flag(state.expected)}"
     click.echo(f"bar {state.bar_id}: mpesa_enabled {flag(state.mpesa_enabled)} ({sync})")
     if not state.credentials:
@@ -96,7 +96,7 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
         updated = c.updated_at.isoformat(timespec="seconds") if c.updated_at else "-"
         click.echo(f"  {c.environment:<10} shortcode {c.business_shortcode:<8} "
                    f"{'active' if c.is_active else 'inactive':<8} {present}; updated {updated}")
-    return 0
+    return EXIT_OK
 
 
 @settings_group.command("check")
@@ -130,7 +130,7 @@ def check_settings(dsn: str, bar_id: uuid.UUID, environment: str | None, daraja_
             verdict = "accepted" if r.ok else "REJECTED"
             click.echo(f"{r.environment}: {verdict} by {r.base_url} (HTTP {r.status_code}): "
                        f"{r.message}")
-    return 0 if all(r.ok for r in results) else 1
+    return EXIT_OK if all(r.ok for r in results) else EXIT_DRIFT
 
 
 def _read_secret(envvar: str, label: str) -> str:
