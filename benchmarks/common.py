@@ -48,8 +48,11 @@ class Result:
             return self.ratio <= self.target
         if self.absolute_target is not None:
             value = statistics.median(self.ours)
-            return value >= self.absolute_target if self.higher_is_better else (
-                value <= self.absolute_target)
+            return (
+                value >= self.absolute_target
+                if self.higher_is_better
+                else (value <= self.absolute_target)
+            )
         return None
 
 
@@ -75,15 +78,17 @@ class Bench:
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template:
             query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template))
+                sql.Identifier(name), sql.Identifier(template)
+            )
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
             conn.execute(query)
         try:
             yield self.dsn(name)
         finally:
             with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
 
 
 def timed(fn: Callable[[], Any]) -> float:

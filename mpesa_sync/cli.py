@@ -29,6 +29,7 @@ from mpesa_sync.errors import MpesaSyncError
 
 logger = logging.getLogger("mpesa_sync")
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mpesa-sync")
 @click.option(

@@ -82,8 +82,17 @@ class Cluster:
         if self._user:
             os.chmod(self._root, 0o755)
             shutil.chown(self._root, self._user.pw_uid, self._user.pw_gid)
-        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--locale=C", "--no-instructions")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        )
         atexit.register(self.destroy)
 
     @property
@@ -103,8 +112,19 @@ class Cluster:
             **self.settings,
         }
         opts = " ".join(f"-c {key}={value}" for key, value in options.items())
-        self._run("pg_ctl", "-D", str(self.datadir), "-w", "-t", "60", "-o", opts,
-                  "-l", str(self._root / "server.log"), "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "-l",
+            str(self._root / "server.log"),
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -129,11 +149,20 @@ class Cluster:
         env = {**os.environ, "LC_ALL": "C"}
         if self._user:
             env["HOME"] = str(self._root)
-        result = subprocess.run([str(self.bindir / tool), *args], capture_output=True,
-                                text=True, env=env, cwd=self._root, check=False, **kwargs)
+        result = subprocess.run(
+            [str(self.bindir / tool), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self._root,
+            check=False,
+            **kwargs,
+        )
         if result.returncode != 0:
             raise subprocess.CalledProcessError(
-                result.returncode, [tool, *args], result.stdout,
+                result.returncode,
+                [tool, *args],
+                result.stdout,
                 f"{result.stderr}\n{self.log_tail()}",
             )
 
@@ -145,8 +174,11 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(_RUN_AS)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/false",
-                        _RUN_AS], check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/false", _RUN_AS],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(_RUN_AS)
 
 

@@ -71,15 +71,17 @@ def check_settings(
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
         for env, key_enc, secret_enc in rows:
             key = cipher.decrypt(bytes(key_enc), field_name="consumer_key_enc", bar_id=bar_id)
-            secret = cipher.decrypt(bytes(secret_enc), field_name="consumer_secret_enc",
-                                    bar_id=bar_id)
+            secret = cipher.decrypt(
+                bytes(secret_enc), field_name="consumer_secret_enc", bar_id=bar_id
+            )
             url = (base_url or DEFAULT_BASE_URLS[env]).rstrip("/")
             results.append(_oauth_check(client, env, url, key, secret))
     return results
 
 
-def _oauth_check(client: httpx.Client, environment: str, base_url: str, key: str,
-                 secret: str) -> CheckResult:
+def _oauth_check(
+    client: httpx.Client, environment: str, base_url: str, key: str, secret: str
+) -> CheckResult:
     try:
         response = client.get(
             base_url + _OAUTH_PATH,
@@ -97,9 +99,14 @@ def _oauth_check(client: httpx.Client, environment: str, base_url: str, key: str
         message = _error_message(response)
         for value in (key, secret):  # in case the server echoed what it was sent
             message = message.replace(value, "[redacted]")
-    logger.info("Daraja %s check for %s: HTTP %d, %s", environment, base_url,
-                response.status_code, "accepted" if ok else "rejected",
-                extra={"action": "daraja_check"})
+    logger.info(
+        "Daraja %s check for %s: HTTP %d, %s",
+        environment,
+        base_url,
+        response.status_code,
+        "accepted" if ok else "rejected",
+        extra={"action": "daraja_check"},
+    )
     return CheckResult(environment, base_url, ok, response.status_code, message)
 
 

@@ -58,9 +58,7 @@ def _connect_errors(dsn: str) -> Iterator[None]:
     except psycopg.ProgrammingError as exc:  # a DSN that does not parse
         raise DatabaseUnavailable(f"invalid DSN: {first_line(exc)}") from None
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe(dsn)}: {first_line(exc)}"
-        ) from None
+        raise DatabaseUnavailable(f"cannot connect to {describe(dsn)}: {first_line(exc)}") from None
 
 
 @contextmanager

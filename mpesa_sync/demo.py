@@ -55,8 +55,10 @@ def run_story(dsn: str) -> None:
             click.echo(f"    #{event_id} {name}: mpesa_enabled -> {enabled} ({source})")
 
     step("A service LISTENs on mpesa_status; staff switch Mama Oliech's M-Pesa off")
-    with psycopg.connect(dsn, autocommit=True) as listener, \
-            psycopg.connect(dsn, autocommit=True) as staff:
+    with (
+        psycopg.connect(dsn, autocommit=True) as listener,
+        psycopg.connect(dsn, autocommit=True) as staff,
+    ):
         listener.execute(query("demo_listen"))
         staff.execute(query("demo_set_active"), {"active": False, "bar_id": MAMA_OLIECH})
         for note in listener.notifies(timeout=5, stop_after=1):

@@ -51,8 +51,15 @@ class BarNotFound(InvalidSettings):
 class SaveSettingsFailed(MpesaSyncError):
     """The settings could not be saved; nothing was changed and an alert was raised."""
 
-    def __init__(self, message: str, *, bar_id: str, sqlstate: str | None, attempts: int,
-                 alert_id: int | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        bar_id: str,
+        sqlstate: str | None,
+        attempts: int,
+        alert_id: int | None,
+    ) -> None:
         super().__init__(message)
         self.bar_id = bar_id
         self.sqlstate = sqlstate

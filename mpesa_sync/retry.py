@@ -15,14 +15,16 @@ from mpesa_sync.errors import DatabaseUnavailable
 # succeed. 55P03 is a lock_timeout: the lock holder is usually a short
 # transaction, so waiting and trying again is the better first answer; a
 # holder that never lets go ends in the alert after the last attempt.
-TRANSIENT_SQLSTATES = frozenset({
-    "40001",  # serialization_failure
-    "40P01",  # deadlock_detected
-    "55P03",  # lock_not_available (lock_timeout)
-    "57P01",  # admin_shutdown (pg_terminate_backend, a fast shutdown)
-    "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now (starting up, shutting down)
-})
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57P01",  # admin_shutdown (pg_terminate_backend, a fast shutdown)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, shutting down)
+    }
+)
 
 
 def is_transient(exc: BaseException) -> bool:

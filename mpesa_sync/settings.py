@@ -67,8 +67,11 @@ class SaveResult:
     attempts: int
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "bar_id": str(self.bar_id),
-                "credential_id": str(self.credential_id)}
+        return {
+            **self.__dict__,
+            "bar_id": str(self.bar_id),
+            "credential_id": str(self.credential_id),
+        }
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,11 @@ class BarSettings:
             "mpesa_enabled": self.mpesa_enabled,
             "in_sync": self.in_sync,
             "credentials": [
-                {**c.__dict__,
-                 "created_at": c.created_at.isoformat() if c.created_at else None,
-                 "updated_at": c.updated_at.isoformat() if c.updated_at else None}
+                {
+                    **c.__dict__,
+                    "created_at": c.created_at.isoformat() if c.created_at else None,
+                    "updated_at": c.updated_at.isoformat() if c.updated_at else None,
+                }
                 for c in self.credentials
             ],
         }
@@ -143,16 +148,25 @@ def save_settings(
         "consumer_secret": _secret("consumer_secret", consumer_secret),
         "passkey": _secret("passkey", passkey),
     }
-    sealed = {f"{name}_enc": cipher.encrypt(value, field_name=f"{name}_enc", bar_id=bar)
-              for name, value in plaintexts.items()}
-    params = {"bar_id": bar, "environment": environment, "business_shortcode": shortcode,
-              "is_active": active, **sealed}
+    sealed = {
+        f"{name}_enc": cipher.encrypt(value, field_name=f"{name}_enc", bar_id=bar)
+        for name, value in plaintexts.items()
+    }
+    params = {
+        "bar_id": bar,
+        "environment": environment,
+        "business_shortcode": shortcode,
+        "is_active": active,
+        **sealed,
+    }
     redact = _Redactor([*plaintexts.values(), *sealed.values()])
 
     caller_conn = None if isinstance(conn_or_dsn, str) else conn_or_dsn
     if caller_conn is not None and caller_conn.info.transaction_status != TransactionStatus.IDLE:
-        raise ConfigError("save_settings needs a connection outside a transaction: "
-                          "it commits its own transaction, and retries it")
+        raise ConfigError(
+            "save_settings needs a connection outside a transaction: "
+            "it commits its own transaction, and retries it"
+        )
 
     def attempt() -> dict[str, Any]:
         if caller_conn is not None:
@@ -170,8 +184,12 @@ def save_settings(
         logger.warning(
             "saving settings for bar %s failed (SQLSTATE %s, attempt %d of %d): %s; "
             "retrying in %.2f s",
-            bar, sqlstate_of(exc) if exc else None, state.attempt_number, retry.attempts,
-            redact(db.first_line(exc)) if exc else "", state.upcoming_sleep,
+            bar,
+            sqlstate_of(exc) if exc else None,
+            state.attempt_number,
+            retry.attempts,
+            redact(db.first_line(exc)) if exc else "",
+            state.upcoming_sleep,
             extra={"action": "save_settings_retry"},
         )
 
@@ -181,13 +199,15 @@ def save_settings(
     except psycopg.errors.InvalidParameterValue as exc:
         if not exc.diag.column_name:
             raise _failed(exc, retrying, bar, environment, redact, conn_or_dsn) from None
-        raise InvalidSettings(redact(exc.diag.message_primary or ""),
-                              field=exc.diag.column_name) from None
+        raise InvalidSettings(
+            redact(exc.diag.message_primary or ""), field=exc.diag.column_name
+        ) from None
     except psycopg.errors.ForeignKeyViolation:
         raise BarNotFound(f"unknown bar_id: no bar {bar}", field="bar_id") from None
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
-        raise SchemaNotInstalled("mpesa_sync.save_settings is not installed; "
-                                 "run `mpesa-sync migrate` first") from None
+        raise SchemaNotInstalled(
+            "mpesa_sync.save_settings is not installed; run `mpesa-sync migrate` first"
+        ) from None
     except (psycopg.Error, DatabaseUnavailable) as exc:
         raise _failed(exc, retrying, bar, environment, redact, conn_or_dsn) from None
 
@@ -202,9 +222,15 @@ def save_settings(
         credential_id=uuid.UUID(payload["credential_id"]),
         attempts=retrying.statistics.get("attempt_number", 1),
     )
-    logger.info("saved %s settings for bar %s (active=%s): mpesa_enabled=%s, %d attempt(s)",
-                result.environment, bar, result.is_active, result.mpesa_enabled, result.attempts,
-                extra={"action": "save_settings"})
+    logger.info(
+        "saved %s settings for bar %s (active=%s): mpesa_enabled=%s, %d attempt(s)",
+        result.environment,
+        bar,
+        result.is_active,
+        result.mpesa_enabled,
+        result.attempts,
+        extra={"action": "save_settings"},
+    )
     return result
 
 
@@ -219,8 +245,9 @@ def read_settings(conn: psycopg.Connection[Any], bar_id: uuid.UUID | str) -> Bar
     return BarSettings(bar, enabled, bool(expected), credentials)
 
 
-def _save_once(conn: psycopg.Connection[Any], params: dict[str, Any],
-               lock_timeout: float | None) -> dict[str, Any]:
+def _save_once(
+    conn: psycopg.Connection[Any], params: dict[str, Any], lock_timeout: float | None
+) -> dict[str, Any]:
     with conn.transaction():
         if lock_timeout is not None:
             db.set_lock_timeout(conn, lock_timeout)
@@ -229,8 +256,14 @@ def _save_once(conn: psycopg.Connection[Any], params: dict[str, Any],
     return dict(row[0])
 
 
-def _failed(exc: BaseException, retrying: tenacity.Retrying, bar: uuid.UUID, environment: str,
-            redact: _Redactor, conn_or_dsn: psycopg.Connection[Any] | str) -> SaveSettingsFailed:
+def _failed(
+    exc: BaseException,
+    retrying: tenacity.Retrying,
+    bar: uuid.UUID,
+    environment: str,
+    redact: _Redactor,
+    conn_or_dsn: psycopg.Connection[Any] | str,
+) -> SaveSettingsFailed:
     """Log, alert over a fresh connection, and build the one exception the caller sees."""
     attempts = retrying.statistics.get("attempt_number", 1)
     sqlstate = sqlstate_of(exc)
@@ -241,7 +274,11 @@ def _failed(exc: BaseException, retrying: tenacity.Retrying, bar: uuid.UUID, env
     alert_id = alerts.raise_alert(_alert_dsn(conn_or_dsn), ALERT_KIND, bar, detail)
     logger.error(
         "could not save settings for bar %s: SQLSTATE %s after %d attempt(s): %s; alert %s",
-        bar, sqlstate, attempts, reason, alert_id if alert_id is not None else "not recorded",
+        bar,
+        sqlstate,
+        attempts,
+        reason,
+        alert_id if alert_id is not None else "not recorded",
         extra={"action": "save_settings_failed"},
     )
     alert = f"alert {alert_id} raised" if alert_id is not None else "no alert could be recorded"
@@ -249,7 +286,10 @@ def _failed(exc: BaseException, retrying: tenacity.Retrying, bar: uuid.UUID, env
     return SaveSettingsFailed(
         f"could not save settings for bar {bar} after {attempts} attempt(s): "
         f"{reason}{state}; nothing was changed; {alert}",
-        bar_id=str(bar), sqlstate=sqlstate, attempts=attempts, alert_id=alert_id,
+        bar_id=str(bar),
+        sqlstate=sqlstate,
+        attempts=attempts,
+        alert_id=alert_id,
     )
 
 
@@ -290,8 +330,9 @@ class _Redactor:
                 forms.update({value.hex(), "\\x" + value.hex()})
             elif value:
                 forms.add(value)
-        self._forms = sorted((f for f in forms if len(f) >= self._MIN_LENGTH), key=len,
-                             reverse=True)
+        self._forms = sorted(
+            (f for f in forms if len(f) >= self._MIN_LENGTH), key=len, reverse=True
+        )
 
     def __call__(self, text: str) -> str:
         for form in self._forms:

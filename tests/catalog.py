@@ -72,9 +72,11 @@ def describe(dsn: str, *, skip_yoyo: bool = True) -> dict[str, list[tuple[Any, .
         found = {name: conn.execute(sql).fetchall() for name, sql in _QUERIES.items()}
     if skip_yoyo:
         for name, rows in found.items():
-            found[name] = [r for r in rows if not any(str(v) in YOYO_TABLES or
-                                                      str(v).startswith(YOYO_TABLES)
-                                                      for v in r[:3])]
+            found[name] = [
+                r
+                for r in rows
+                if not any(str(v) in YOYO_TABLES or str(v).startswith(YOYO_TABLES) for v in r[:3])
+            ]
     return found
 
 

@@ -36,8 +36,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
 def _build_templates(srv: Server) -> None:
     with psycopg.connect(srv.dsn(), autocommit=True) as conn:
         for name in (MIGRATED_TEMPLATE, HOST_TEMPLATE):
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOST_TEMPLATE)))
     with psycopg.connect(srv.dsn(HOST_TEMPLATE), autocommit=True) as conn:
         conn.execute(HOST_SQL.read_text())
@@ -56,8 +57,9 @@ def _create_database(srv: Server, name: str, template: str) -> None:
 
 def _drop_database(srv: Server, name: str) -> None:
     with psycopg.connect(srv.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def _fresh(srv: Server, template: str) -> Iterator[Database]:

@@ -58,13 +58,21 @@ class Database:
         cols = {"name": name, **columns}
         names = ", ".join(cols)
         marks = ", ".join(["%s"] * len(cols))
-        return self.scalar(f"INSERT INTO bars ({names}) VALUES ({marks}) RETURNING id",
-                           list(cols.values()))
+        return self.scalar(
+            f"INSERT INTO bars ({names}) VALUES ({marks}) RETURNING id", list(cols.values())
+        )
 
-    def add_credentials(self, bar_id: uuid.UUID, environment: str = "sandbox", *,
-                        active: bool | None = True, shortcode: str = "174379",
-                        key: bytes = b"k", secret: bytes = b"s",
-                        passkey: bytes = b"p") -> uuid.UUID:
+    def add_credentials(
+        self,
+        bar_id: uuid.UUID,
+        environment: str = "sandbox",
+        *,
+        active: bool | None = True,
+        shortcode: str = "174379",
+        key: bytes = b"k",
+        secret: bytes = b"s",
+        passkey: bytes = b"p",
+    ) -> uuid.UUID:
         return self.scalar(
             """INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,
                    consumer_key_enc, consumer_secret_enc, passkey_enc, is_active)
@@ -93,7 +101,8 @@ class Database:
         return {
             "credentials": self.query(
                 "SELECT * FROM mpesa_credentials WHERE tenant_id = %s ORDER BY environment",
-                (bar_id,)),
+                (bar_id,),
+            ),
             "bar": self.query("SELECT * FROM bars WHERE id = %s", (bar_id,)),
             "events": self.events(),
         }
@@ -106,12 +115,19 @@ class CliResult:
     stderr: str
 
 
-def run_module(*args: str, env: dict[str, str] | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_module(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """``python -m mpesa_sync ARGS`` in a child process, to its end: what a shell
     sees on real stdout and stderr (no traceback can hide in a test runner)."""
-    return subprocess.run([sys.executable, "-m", "mpesa_sync", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mpesa_sync", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def run_cli(*args: str, env: dict[str, str | None] | None = None) -> CliResult:

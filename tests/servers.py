@@ -121,8 +121,12 @@ def _docker() -> Server | None:
 
 def _own_cluster(label: str, bindir: Path) -> Server:
     cluster = Cluster(bindir).start()
-    return Server(label + f"-pg{cluster.version}" if label == "embedded" else label,
-                  cluster.dsn("{dbname}"), cluster.version, cluster)
+    return Server(
+        label + f"-pg{cluster.version}" if label == "embedded" else label,
+        cluster.dsn("{dbname}"),
+        cluster.version,
+        cluster,
+    )
 
 
 def _version(dsn: str) -> int:

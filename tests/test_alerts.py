@@ -22,14 +22,24 @@ def test_each_new_alert_is_announced_without_its_detail(db: Database) -> None:
         notes = list(listener.notifies(timeout=2, stop_after=2))
     payloads = [json.loads(n.payload) for n in notes]
     assert [(p["id"], p["kind"], p["bar_id"]) for p in payloads] == [
-        (first, "settings_save_failed", str(bar)), (second, "fix_refused", None)]
+        (first, "settings_save_failed", str(bar)),
+        (second, "fix_refused", None),
+    ]
     assert all("detail" not in p for p in payloads)
 
 
 def test_an_alert_that_cannot_be_written_is_logged_not_raised(
-        caplog: pytest.LogCaptureFixture) -> None:
-    assert alerts.raise_alert("postgresql://postgres@127.0.0.1:1/x?connect_timeout=2",
-                              "settings_save_failed", None, {}) is None
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert (
+        alerts.raise_alert(
+            "postgresql://postgres@127.0.0.1:1/x?connect_timeout=2",
+            "settings_save_failed",
+            None,
+            {},
+        )
+        is None
+    )
     [record] = [r for r in caplog.records if getattr(r, "action", None) == "alert_failed"]
     assert record.levelno == logging.ERROR
 
@@ -44,7 +54,8 @@ def test_list_ack_and_list_all(db: Database) -> None:
     rows = json.loads(listed.stdout)
     assert [(r["id"], r["kind"], r["bar_id"], r["detail"], r["acknowledged_at"]) for r in rows] == [
         (first, "settings_save_failed", str(bar), {"sqlstate": "40001"}, None),
-        (second, "fix_refused", None, {"error": "refused"}, None)]
+        (second, "fix_refused", None, {"error": "refused"}, None),
+    ]
 
     # --dsn after `ack`, or before it on the group
     acked = run_cli("alerts", "ack", str(first), "--dsn", db.dsn, env=NO_DSN)
@@ -58,10 +69,13 @@ def test_list_ack_and_list_all(db: Database) -> None:
     assert text.code == 0
     assert [line.split()[0] for line in text.stdout.splitlines()] == [str(second)]
     everything = run_cli("alerts", "--all", "--format", "json", env={"MPESA_SYNC_DSN": db.dsn})
-    assert [(r["id"], r["acknowledged_at"] is not None)
-            for r in json.loads(everything.stdout)] == [(first, True), (second, False)]
-    assert db.scalar("SELECT acknowledged_at FROM mpesa_sync.alerts WHERE id = %s",
-                     (first,)) == stamp  # a second ack keeps the first time
+    assert [(r["id"], r["acknowledged_at"] is not None) for r in json.loads(everything.stdout)] == [
+        (first, True),
+        (second, False),
+    ]
+    assert (
+        db.scalar("SELECT acknowledged_at FROM mpesa_sync.alerts WHERE id = %s", (first,)) == stamp
+    )  # a second ack keeps the first time
 
 
 def test_no_open_alerts(db: Database) -> None:
@@ -69,19 +83,24 @@ def test_no_open_alerts(db: Database) -> None:
     assert (result.code, result.stdout.strip()) == (0, "no open alerts")
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["ack", "999"], "no alert with id 999"),
-    (["ack", "abc"], "'abc' is not a valid integer"),
-    (["ack"], "Missing argument 'ID'"),
-], ids=["unknown-id", "not-a-number", "no-id"])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["ack", "999"], "no alert with id 999"),
+        (["ack", "abc"], "'abc' is not a valid integer"),
+        (["ack"], "Missing argument 'ID'"),
+    ],
+    ids=["unknown-id", "not-a-number", "no-id"],
+)
 def test_ack_errors_are_one_line_and_exit_2(db: Database, args: list[str], needle: str) -> None:
     alert = alerts.raise_alert(db.dsn, "fix_refused", None, {})
     result = run_cli("alerts", *args, "--dsn", db.dsn, env=NO_DSN)
     assert result.code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpesa-sync: error: ") and needle in lines[0]
-    assert db.scalar("SELECT acknowledged_at FROM mpesa_sync.alerts WHERE id = %s",
-                     (alert,)) is None
+    assert (
+        db.scalar("SELECT acknowledged_at FROM mpesa_sync.alerts WHERE id = %s", (alert,)) is None
+    )
 
 
 @pytest.mark.parametrize("args", [["alerts"], ["alerts", "ack", "1"]], ids=["list", "ack"])
@@ -94,4 +113,3 @@ def test_no_database_given_is_exit_2(args: list[str]) -> None:
 def test_alerts_on_a_database_without_the_schema(host_db: Database) -> None:
     result = run_cli("alerts", "--dsn", host_db.dsn, env=NO_DSN)
     assert result.code == 2 and "mpesa-sync migrate" in result.stderr
-

@@ -20,8 +20,9 @@ from tests.conftest import HOST_TEMPLATE, _create_database, _drop_database
 from tests.helpers import Database, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_MIGRATIONS = sorted(p.stem for p in resource_dir("migrations").glob("*.sql")
-                        if not p.stem.endswith(".rollback"))
+ALL_MIGRATIONS = sorted(
+    p.stem for p in resource_dir("migrations").glob("*.sql") if not p.stem.endswith(".rollback")
+)
 
 
 cli = run_module
@@ -87,11 +88,19 @@ def test_yoyo_cli_applies_and_rolls_back(host_db: Database) -> None:
     assert url.startswith("postgresql+psycopg://")
     before = describe(host_db.dsn)
     folder = str(resource_dir("migrations"))
-    subprocess.run([yoyo, "apply", "-b", "--no-config-file", "-d", url, folder], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [yoyo, "apply", "-b", "--no-config-file", "-d", url, folder],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert host_db.scalar("SELECT to_regprocedure('mpesa_sync.fix_bars_v1(uuid[])') IS NOT NULL")
-    subprocess.run([yoyo, "rollback", "-b", "--all", "--no-config-file", "-d", url, folder],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [yoyo, "rollback", "-b", "--all", "--no-config-file", "-d", url, folder],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert describe(host_db.dsn) == before
 
 
@@ -116,7 +125,10 @@ def test_install_fixes_existing_drift_including_nulls(host_db: Database) -> None
     assert [host_db.enabled(b) for b in (on, off, null, fine)] == [True, False, False, False]
     events = host_db.events()
     assert {(e["bar_id"], e["mpesa_enabled"], e["source"]) for e in events} == {
-        (on, True, "reconcile"), (off, False, "reconcile"), (null, False, "reconcile")}
+        (on, True, "reconcile"),
+        (off, False, "reconcile"),
+        (null, False, "reconcile"),
+    }
 
 
 def test_bars_that_refuse_do_not_stop_the_install(host_db: Database) -> None:
@@ -151,7 +163,10 @@ def test_bars_that_refuse_do_not_stop_the_install(host_db: Database) -> None:
     assert refused[str(locked)]["sqlstate"] == "55P03"
     alerts = host_db.query("SELECT kind, bar_id FROM mpesa_sync.alerts ORDER BY id")
     assert {(a["kind"], a["bar_id"]) for a in alerts} == {
-        ("fix_refused", checked), ("fix_refused", guarded), ("fix_refused", locked)}
+        ("fix_refused", checked),
+        ("fix_refused", guarded),
+        ("fix_refused", locked),
+    }
 
 
 def test_migrate_cli_reports_refused_bars_with_exit_1(host_db: Database) -> None:
@@ -182,12 +197,21 @@ def test_create_tables_installs_on_a_new_database(empty_db: Database) -> None:
     bar = empty_db.add_bar()
     empty_db.add_credentials(bar)
     assert empty_db.enabled(bar) is True
-    assert empty_db.scalar("SELECT relrowsecurity FROM pg_class"
-                           " WHERE oid = 'public.mpesa_credentials'::regclass") is True
+    assert (
+        empty_db.scalar(
+            "SELECT relrowsecurity FROM pg_class WHERE oid = 'public.mpesa_credentials'::regclass"
+        )
+        is True
+    )
     empty_db.execute("DELETE FROM bars")
     migrations.rollback(empty_db.dsn, count=None)
-    assert empty_db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-                           " AND tablename IN ('bars', 'mpesa_credentials')") == 0
+    assert (
+        empty_db.scalar(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename IN ('bars', 'mpesa_credentials')"
+        )
+        == 0
+    )
 
 
 def test_rollback_keeps_created_tables_that_hold_data(empty_db: Database) -> None:
@@ -228,7 +252,8 @@ def test_yoyo_url_round_trips_awkward_dsns() -> None:
     url = migrations.yoyo_url("host=/var/run/postgresql port=5433 dbname=app user=me password=p@ss")
     assert url == ("postgresql+psycopg://me:p%40ss@/app?host=%2Fvar%2Frun%2Fpostgresql&port=5433")
     assert migrations.yoyo_url("postgresql://u@db.example:6543/x?sslmode=require") == (
-        "postgresql+psycopg://u@db.example:6543/x?sslmode=require")
+        "postgresql+psycopg://u@db.example:6543/x?sslmode=require"
+    )
 
 
 def test_password_never_in_errors() -> None:

@@ -56,27 +56,36 @@ def apply(conn: psycopg.Connection, bars: list[uuid.UUID], model: Model, op: tup
         bar, env, active = args
         if (bar, env) in model.creds:
             return
-        conn.execute("""INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,
+        conn.execute(
+            """INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,
                             consumer_key_enc, consumer_secret_enc, passkey_enc, is_active)
-                        VALUES (%s, %s, '174379', 'k', 's', 'p', %s)""", (bars[bar], env, active))
+                        VALUES (%s, %s, '174379', 'k', 's', 'p', %s)""",
+            (bars[bar], env, active),
+        )
         model.creds[(bar, env)] = active
     elif kind == "set_active":
         bar, env, active = args
-        conn.execute("UPDATE mpesa_credentials SET is_active = %s"
-                     " WHERE tenant_id = %s AND environment = %s", (active, bars[bar], env))
+        conn.execute(
+            "UPDATE mpesa_credentials SET is_active = %s WHERE tenant_id = %s AND environment = %s",
+            (active, bars[bar], env),
+        )
         if (bar, env) in model.creds:
             model.creds[(bar, env)] = active
     elif kind == "delete":
         bar, env = args
-        conn.execute("DELETE FROM mpesa_credentials WHERE tenant_id = %s AND environment = %s",
-                     (bars[bar], env))
+        conn.execute(
+            "DELETE FROM mpesa_credentials WHERE tenant_id = %s AND environment = %s",
+            (bars[bar], env),
+        )
         model.creds.pop((bar, env), None)
     elif kind == "move":
         bar, env, target = args
         if (bar, env) not in model.creds or (target, env) in model.creds:
             return
-        conn.execute("UPDATE mpesa_credentials SET tenant_id = %s"
-                     " WHERE tenant_id = %s AND environment = %s", (bars[target], bars[bar], env))
+        conn.execute(
+            "UPDATE mpesa_credentials SET tenant_id = %s WHERE tenant_id = %s AND environment = %s",
+            (bars[target], bars[bar], env),
+        )
         model.creds[(target, env)] = model.creds.pop((bar, env))
     elif kind == "bar_write":
         bar, value = args
@@ -91,30 +100,39 @@ def apply(conn: psycopg.Connection, bars: list[uuid.UUID], model: Model, op: tup
     elif kind == "rolled_back":
         bar, env, active = args
         with conn.transaction(force_rollback=True):
-            conn.execute("""INSERT INTO mpesa_credentials (tenant_id, environment,
+            conn.execute(
+                """INSERT INTO mpesa_credentials (tenant_id, environment,
                                 business_shortcode, consumer_key_enc, consumer_secret_enc,
                                 passkey_enc, is_active)
                             VALUES (%s, %s, '174379', 'k', 's', 'p', %s)
                             ON CONFLICT (tenant_id, environment)
                             DO UPDATE SET is_active = excluded.is_active""",
-                         (bars[bar], env, active))
+                (bars[bar], env, active),
+            )
     model.settle()
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=st.lists(OPERATIONS, min_size=1, max_size=25))
 def test_random_sequences_match_the_model(db: Database, ops: list[tuple]) -> None:
     with db.connect() as conn:
         # Each example starts from no bars, no events.
         conn.execute("TRUNCATE bars, mpesa_sync.status_events CASCADE")
-        bars = [conn.execute("INSERT INTO bars (name) VALUES (%s) RETURNING id",
-                             (f"b{i}",)).fetchone()[0] for i in range(N_BARS)]
+        bars = [
+            conn.execute("INSERT INTO bars (name) VALUES (%s) RETURNING id", (f"b{i}",)).fetchone()[
+                0
+            ]
+            for i in range(N_BARS)
+        ]
         model = Model()
         for op in ops:
             apply(conn, bars, model, op)
-            actual = [conn.execute("SELECT mpesa_enabled FROM bars WHERE id = %s",
-                                   (bar,)).fetchone()[0] for bar in bars]
+            actual = [
+                conn.execute("SELECT mpesa_enabled FROM bars WHERE id = %s", (bar,)).fetchone()[0]
+                for bar in bars
+            ]
             assert actual == model.enabled, op
         events = conn.execute("SELECT count(*) FROM mpesa_sync.status_events").fetchone()[0]
         assert events == model.changes

@@ -80,11 +80,19 @@ def listener(db: Database) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def save(target: Any, bar: Any, *, environment: str = "sandbox", shortcode: str = "174379",
-         active: bool = True, **kwargs: Any) -> mpesa_sync.settings.SaveResult:
+def save(
+    target: Any,
+    bar: Any,
+    *,
+    environment: str = "sandbox",
+    shortcode: str = "174379",
+    active: bool = True,
+    **kwargs: Any,
+) -> mpesa_sync.settings.SaveResult:
     secrets = {**PLAIN, **{k: kwargs.pop(k) for k in list(kwargs) if k in PLAIN}}
-    return mpesa_sync.save_settings(target, bar, environment, shortcode, active=active,
-                                    **secrets, **kwargs)
+    return mpesa_sync.save_settings(
+        target, bar, environment, shortcode, active=active, **secrets, **kwargs
+    )
 
 
 def alerts(db: Database) -> list[dict[str, Any]]:
@@ -119,9 +127,9 @@ def holding_bar(db: Database, bar: uuid.UUID) -> psycopg.Connection[Any]:
 # -- success -----------------------------------------------------------------
 
 
-def test_activating_encrypts_saves_and_enables(db: Database, cipher: CredentialCipher,
-                                               listener: psycopg.Connection[Any],
-                                               sealed: list[bytes]) -> None:
+def test_activating_encrypts_saves_and_enables(
+    db: Database, cipher: CredentialCipher, listener: psycopg.Connection[Any], sealed: list[bytes]
+) -> None:
     bar = db.add_bar()
     result = save(db.dsn, str(bar), active=True)
     assert (result.success, result.credentials_saved, result.status_synced) == (True, True, True)
@@ -153,12 +161,15 @@ def test_deactivating_on_a_callers_connection(db: Database, cipher: CredentialCi
 
 
 def test_surrounding_whitespace_of_a_pasted_secret_is_dropped(
-        db: Database, cipher: CredentialCipher) -> None:
+    db: Database, cipher: CredentialCipher
+) -> None:
     bar = db.add_bar()
     save(db.dsn, bar, consumer_key=f"  {PLAIN['consumer_key']}\n")
     stored = db.scalar("SELECT consumer_key_enc FROM mpesa_credentials")
-    assert cipher.decrypt(bytes(stored), field_name="consumer_key_enc",
-                          bar_id=bar) == PLAIN["consumer_key"]
+    assert (
+        cipher.decrypt(bytes(stored), field_name="consumer_key_enc", bar_id=bar)
+        == PLAIN["consumer_key"]
+    )
 
 
 def test_a_ciphertext_only_decrypts_in_its_own_field_and_bar(cipher: CredentialCipher) -> None:
@@ -176,10 +187,14 @@ def test_a_ciphertext_only_decrypts_in_its_own_field_and_bar(cipher: CredentialC
 # -- refused input: one clear exception, nothing changed, no alert -------------
 
 
-@pytest.mark.parametrize("value", [None, "", "not base64!", base64.b64encode(b"short").decode()],
-                         ids=["unset", "empty", "not-base64", "16-bytes"])
-def test_refuses_to_run_without_a_valid_key(db: Database, monkeypatch: pytest.MonkeyPatch,
-                                            value: str | None) -> None:
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "not base64!", base64.b64encode(b"short").decode()],
+    ids=["unset", "empty", "not-base64", "16-bytes"],
+)
+def test_refuses_to_run_without_a_valid_key(
+    db: Database, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
     if value is None:
         monkeypatch.delenv(KEY_ENV, raising=False)
     else:
@@ -197,8 +212,9 @@ INVALID = [
     pytest.param({"passkey": None}, "passkey", id="passkey-none"),
     pytest.param({"environment": "staging"}, "environment", id="environment"),
     pytest.param({"shortcode": "1234"}, "business_shortcode", id="shortcode-short"),
-    pytest.param({"shortcode": PLAIN["passkey"]}, "business_shortcode",
-                 id="shortcode-pasted-secret"),
+    pytest.param(
+        {"shortcode": PLAIN["passkey"]}, "business_shortcode", id="shortcode-pasted-secret"
+    ),
     pytest.param({"bar": "not-a-uuid"}, "bar_id", id="bar-not-uuid"),
     pytest.param({"bar": uuid.UUID(int=1)}, "bar_id", id="bar-unknown"),
 ]
@@ -206,8 +222,13 @@ INVALID = [
 
 @pytest.mark.parametrize(("change", "field"), INVALID)
 def test_invalid_input_changes_nothing_and_raises_no_alert(
-        db: Database, cipher: CredentialCipher, sealed: list[bytes], change: dict[str, Any],
-        field: str, caplog: pytest.LogCaptureFixture) -> None:
+    db: Database,
+    cipher: CredentialCipher,
+    sealed: list[bytes],
+    change: dict[str, Any],
+    field: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     bar = db.add_bar()
     save(db.dsn, bar, environment="production", shortcode="600000", active=True)
     before = db.saved_state(bar)
@@ -223,15 +244,17 @@ def test_invalid_input_changes_nothing_and_raises_no_alert(
     assert_no_secret(str(caught.value) + caplog.text, sealed)
 
 
-def test_a_database_without_the_schema_is_named(host_db: Database,
-                                                cipher: CredentialCipher) -> None:
+def test_a_database_without_the_schema_is_named(
+    host_db: Database, cipher: CredentialCipher
+) -> None:
     bar = host_db.add_bar()
     with pytest.raises(SchemaNotInstalled, match="migrate"):
         save(host_db.dsn, bar, retry=FAST)
 
 
-def test_a_connection_inside_a_transaction_is_refused(db: Database,
-                                                      cipher: CredentialCipher) -> None:
+def test_a_connection_inside_a_transaction_is_refused(
+    db: Database, cipher: CredentialCipher
+) -> None:
     bar = db.add_bar()
     with db.connect(autocommit=False) as conn:
         conn.execute("SELECT 1")
@@ -244,8 +267,12 @@ def test_a_connection_inside_a_transaction_is_refused(db: Database,
 
 
 def test_lock_timeout_is_retried_then_alerted(
-        db: Database, cipher: CredentialCipher, sealed: list[bytes],
-        listener: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture) -> None:
+    db: Database,
+    cipher: CredentialCipher,
+    sealed: list[bytes],
+    listener: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="mpesa_sync")
     bar = db.add_bar()
     save(db.dsn, bar, active=False)
@@ -259,7 +286,8 @@ def test_lock_timeout_is_retried_then_alerted(
 
     retries = [r for r in caplog.records if getattr(r, "action", None) == "save_settings_retry"]
     assert [(r.levelno, "55P03" in r.getMessage()) for r in retries] == [
-        (logging.WARNING, True)] * 2
+        (logging.WARNING, True)
+    ] * 2
     [error] = [r for r in caplog.records if getattr(r, "action", None) == "save_settings_failed"]
     assert error.levelno == logging.ERROR
     assert str(bar) in error.getMessage() and "3 attempt(s)" in error.getMessage()
@@ -270,27 +298,42 @@ def test_lock_timeout_is_retried_then_alerted(
     assert alert["detail"]["sqlstate"] == "55P03" and alert["detail"]["attempts"] == 3
     notes = [n for n in listener.notifies(timeout=2, stop_after=1)]
     assert [(n.channel, json.loads(n.payload)["id"]) for n in notes] == [
-        ("mpesa_alerts", exc.alert_id)]
+        ("mpesa_alerts", exc.alert_id)
+    ]
 
     assert len(sealed) == 3 * 2  # the successful save, then the failed one (one encryption)
-    everything = " ".join([caplog.text, str(exc), repr(exc), json.dumps(alert, default=str),
-                           *(n.payload for n in notes)])
+    everything = " ".join(
+        [
+            caplog.text,
+            str(exc),
+            repr(exc),
+            json.dumps(alert, default=str),
+            *(n.payload for n in notes),
+        ]
+    )
     assert_no_secret(everything, sealed)
 
 
 def test_terminated_backend_leaves_nothing_and_is_retried_on_a_new_connection(
-        db: Database, cipher: CredentialCipher, caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, cipher: CredentialCipher, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="mpesa_sync")
     bar = db.add_bar()
     before = db.saved_state(bar)
     holder = holding_bar(db, bar)
     with holder, ThreadPoolExecutor(1) as pool:
         future = pool.submit(save, db.dsn, bar, active=True, lock_timeout=None, retry=FAST)
-        first = wait_for("the save to wait on the lock", lambda: db.scalar(
-            WAITING_ON_LOCK, (db.scalar(OUR_BACKENDS) or [],)))
+        first = wait_for(
+            "the save to wait on the lock",
+            lambda: db.scalar(WAITING_ON_LOCK, (db.scalar(OUR_BACKENDS) or [],)),
+        )
         assert db.scalar("SELECT pg_terminate_backend(%s)", (first,)) is True
-        second = wait_for("the retry to wait on the lock", lambda: db.scalar(
-            WAITING_ON_LOCK, ([p for p in db.scalar(OUR_BACKENDS) or [] if p != first],)))
+        second = wait_for(
+            "the retry to wait on the lock",
+            lambda: db.scalar(
+                WAITING_ON_LOCK, ([p for p in db.scalar(OUR_BACKENDS) or [] if p != first],)
+            ),
+        )
         assert second != first
         assert db.saved_state(bar) == before  # the killed attempt left nothing
         holder.rollback()
@@ -304,8 +347,8 @@ def test_terminated_backend_leaves_nothing_and_is_retried_on_a_new_connection(
 
 
 def test_terminated_callers_connection_is_not_retried_but_alerted(
-        db: Database, cipher: CredentialCipher, sealed: list[bytes],
-        caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, cipher: CredentialCipher, sealed: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
     bar = db.add_bar()
     before = db.saved_state(bar)
     caller = db.connect()
@@ -326,7 +369,8 @@ def test_terminated_callers_connection_is_not_retried_but_alerted(
 
 
 def test_repeatable_read_serialization_failure_is_retried_and_succeeds(
-        db: Database, cipher: CredentialCipher, caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, cipher: CredentialCipher, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="mpesa_sync")
     bar = db.add_bar()
     save(db.dsn, bar, shortcode="111111", active=True)
@@ -335,28 +379,34 @@ def test_repeatable_read_serialization_failure_is_retried_and_succeeds(
     writer = db.connect(autocommit=False)
     with caller, writer, ThreadPoolExecutor(1) as pool:
         # Another staff write to the same row, still open while our save starts.
-        writer.execute("UPDATE mpesa_credentials SET business_shortcode = '222222' "
-                       "WHERE tenant_id = %s", (bar,))
-        future = pool.submit(save, caller, bar, shortcode="333333", active=False,
-                             lock_timeout=None, retry=FAST)
+        writer.execute(
+            "UPDATE mpesa_credentials SET business_shortcode = '222222' WHERE tenant_id = %s",
+            (bar,),
+        )
+        future = pool.submit(
+            save, caller, bar, shortcode="333333", active=False, lock_timeout=None, retry=FAST
+        )
         pid = caller.info.backend_pid
         wait_for("the save to wait on the row", lambda: db.scalar(WAITING_ON_LOCK, ([pid],)))
         writer.commit()  # the save's snapshot is now stale: 40001, then a retry
         result = future.result(timeout=30)
     assert (result.attempts, result.mpesa_enabled, result.success) == (2, False, True)
     assert db.query("SELECT business_shortcode, is_active FROM mpesa_credentials") == [
-        {"business_shortcode": "333333", "is_active": False}]
+        {"business_shortcode": "333333", "is_active": False}
+    ]
     assert db.drift() == []
     retries = [r for r in caplog.records if getattr(r, "action", None) == "save_settings_retry"]
     assert len(retries) == 1 and "40001" in retries[0].getMessage()
 
 
 def test_a_refusal_that_is_not_transient_is_alerted_at_once_without_its_detail(
-        db: Database, cipher: CredentialCipher, sealed: list[bytes],
-        caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, cipher: CredentialCipher, sealed: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
     # A host CHECK: its error DETAIL quotes the failing row, ciphertexts included.
-    db.execute("ALTER TABLE mpesa_credentials ADD CONSTRAINT host_no_999999 "
-               "CHECK (business_shortcode <> '999999')")
+    db.execute(
+        "ALTER TABLE mpesa_credentials ADD CONSTRAINT host_no_999999 "
+        "CHECK (business_shortcode <> '999999')"
+    )
     bar = db.add_bar()
     before = db.saved_state(bar)
     with pytest.raises(SaveSettingsFailed) as caught:
@@ -369,25 +419,31 @@ def test_a_refusal_that_is_not_transient_is_alerted_at_once_without_its_detail(
     assert_no_secret(caplog.text + str(caught.value) + json.dumps(alert, default=str), sealed)
 
 
-def test_an_unreachable_database_is_retried_then_reported(cipher: CredentialCipher,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unreachable_database_is_retried_then_reported(
+    cipher: CredentialCipher, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(SaveSettingsFailed) as caught:
-        save("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2", uuid.uuid4(),
-             retry=FAST)
+        save(
+            "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2", uuid.uuid4(), retry=FAST
+        )
     assert caught.value.attempts == 3 and caught.value.alert_id is None
     assert "no alert could be recorded" in str(caught.value)
 
 
-@pytest.mark.parametrize(("error", "transient"), [
-    (psycopg.errors.SerializationFailure(), True),
-    (psycopg.errors.DeadlockDetected(), True),
-    (psycopg.errors.LockNotAvailable(), True),
-    (psycopg.errors.AdminShutdown(), True),
-    (psycopg.OperationalError("server closed the connection unexpectedly"), True),
-    (psycopg.errors.CheckViolation(), False),
-    (psycopg.errors.InvalidParameterValue(), False),
-    (psycopg.errors.QueryCanceled(), False),
-    (ValueError("not a database error"), False),
-], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v))
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (psycopg.errors.SerializationFailure(), True),
+        (psycopg.errors.DeadlockDetected(), True),
+        (psycopg.errors.LockNotAvailable(), True),
+        (psycopg.errors.AdminShutdown(), True),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg.errors.CheckViolation(), False),
+        (psycopg.errors.InvalidParameterValue(), False),
+        (psycopg.errors.QueryCanceled(), False),
+        (ValueError("not a database error"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
 def test_which_failures_are_retried(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient

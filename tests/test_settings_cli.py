@@ -33,13 +33,23 @@ NO_SECRETS = dict.fromkeys(SECRETS)  # unset in the command's environment
 
 
 def env(**extra: str | None) -> dict[str, str | None]:
-    return {KEY_ENV: KEY, "MPESA_SYNC_DSN": None, "MPESA_SYNC_DARAJA_URL": None,
-            **SECRETS, **extra}
+    return {KEY_ENV: KEY, "MPESA_SYNC_DSN": None, "MPESA_SYNC_DARAJA_URL": None, **SECRETS, **extra}
 
 
 def set_args(db: Database, bar: Any, *extra: str) -> list[str]:
-    return ["settings", "set", "--dsn", db.dsn, "--bar", str(bar), "--environment", "sandbox",
-            "--shortcode", "174379", *extra]
+    return [
+        "settings",
+        "set",
+        "--dsn",
+        db.dsn,
+        "--bar",
+        str(bar),
+        "--environment",
+        "sandbox",
+        "--shortcode",
+        "174379",
+        *extra,
+    ]
 
 
 def assert_one_line_error(stderr: str, needle: str) -> None:
@@ -73,21 +83,34 @@ def test_set_activates_then_deactivates(db: Database) -> None:
     assert_no_secret(on.stdout + on.stderr + off.stdout + off.stderr)
     [row] = db.query("SELECT consumer_key_enc FROM mpesa_credentials")
     cipher = CredentialCipher(base64.b64decode(KEY))
-    assert cipher.decrypt(bytes(row["consumer_key_enc"]), field_name="consumer_key_enc",
-                          bar_id=bar) == SECRETS["MPESA_SYNC_CONSUMER_KEY"]
+    assert (
+        cipher.decrypt(bytes(row["consumer_key_enc"]), field_name="consumer_key_enc", bar_id=bar)
+        == SECRETS["MPESA_SYNC_CONSUMER_KEY"]
+    )
 
 
-@pytest.mark.parametrize(("args", "extra_env", "needle"), [
-    (["--active"], {"MPESA_SYNC_PASSKEY": None}, "MPESA_SYNC_PASSKEY"),
-    (["--active"], {KEY_ENV: None}, KEY_ENV),
-    (["--active"], {KEY_ENV: "bm90IDMyIGJ5dGVz"}, KEY_ENV),
-    ([], {}, "give --active or --inactive"),
-    (["--active", "--shortcode", "12"], {}, "invalid business_shortcode"),
-    (["--active", "--consumer-key", "x"], {}, "No such option"),
-], ids=["no-passkey", "no-encryption-key", "short-encryption-key", "no-active-flag",
-        "bad-shortcode", "secret-as-argument"])
+@pytest.mark.parametrize(
+    ("args", "extra_env", "needle"),
+    [
+        (["--active"], {"MPESA_SYNC_PASSKEY": None}, "MPESA_SYNC_PASSKEY"),
+        (["--active"], {KEY_ENV: None}, KEY_ENV),
+        (["--active"], {KEY_ENV: "bm90IDMyIGJ5dGVz"}, KEY_ENV),
+        ([], {}, "give --active or --inactive"),
+        (["--active", "--shortcode", "12"], {}, "invalid business_shortcode"),
+        (["--active", "--consumer-key", "x"], {}, "No such option"),
+    ],
+    ids=[
+        "no-passkey",
+        "no-encryption-key",
+        "short-encryption-key",
+        "no-active-flag",
+        "bad-shortcode",
+        "secret-as-argument",
+    ],
+)
 def test_set_refuses_bad_input_in_one_line_and_changes_nothing(
-        db: Database, args: list[str], extra_env: dict[str, str | None], needle: str) -> None:
+    db: Database, args: list[str], extra_env: dict[str, str | None], needle: str
+) -> None:
     bar = db.add_bar()
     run_cli(*set_args(db, bar, "--active"), env=env())
     before = db.saved_state(bar), db.query("SELECT * FROM mpesa_sync.alerts")
@@ -109,25 +132,35 @@ def test_set_asks_for_missing_secrets_with_a_hidden_prompt(db: Database) -> None
     bar = db.add_bar()
     child_env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     child_env[KEY_ENV] = KEY
-    answers = [("Consumer key", SECRETS["MPESA_SYNC_CONSUMER_KEY"]),
-               ("Consumer secret", SECRETS["MPESA_SYNC_CONSUMER_SECRET"]),
-               ("Passkey", SECRETS["MPESA_SYNC_PASSKEY"])]
+    answers = [
+        ("Consumer key", SECRETS["MPESA_SYNC_CONSUMER_KEY"]),
+        ("Consumer secret", SECRETS["MPESA_SYNC_CONSUMER_SECRET"]),
+        ("Passkey", SECRETS["MPESA_SYNC_PASSKEY"]),
+    ]
     code, screen = run_on_terminal(set_args(db, bar, "--active"), child_env, answers)
     assert code == 0, screen
     assert "saved sandbox credentials" in screen
     assert_no_secret(screen)  # typed, but never echoed
     [row] = db.query("SELECT passkey_enc FROM mpesa_credentials")
     cipher = CredentialCipher(base64.b64decode(KEY))
-    assert cipher.decrypt(bytes(row["passkey_enc"]), field_name="passkey_enc",
-                          bar_id=bar) == SECRETS["MPESA_SYNC_PASSKEY"]
+    assert (
+        cipher.decrypt(bytes(row["passkey_enc"]), field_name="passkey_enc", bar_id=bar)
+        == SECRETS["MPESA_SYNC_PASSKEY"]
+    )
 
 
-def run_on_terminal(args: list[str], child_env: dict[str, str],
-                    answers: list[tuple[str, str]], timeout: float = 30) -> tuple[int, str]:
+def run_on_terminal(
+    args: list[str], child_env: dict[str, str], answers: list[tuple[str, str]], timeout: float = 30
+) -> tuple[int, str]:
     """Run the CLI on a pseudo-terminal, answering each prompt when it appears."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "mpesa_sync", *args], stdin=slave,
-                            stdout=slave, stderr=slave, env=child_env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpesa_sync", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=child_env,
+    )
     os.close(slave)
     screen, pending = b"", list(answers)
     deadline = time.monotonic() + timeout
@@ -164,16 +197,18 @@ def test_show_prints_the_state_without_secrets(db: Database) -> None:
     assert text.code == 0, text.stderr
     assert f"bar {bar}: mpesa_enabled true (in sync)" in text.stdout
     assert "sandbox" in text.stdout and "174379" in text.stdout and "passkey set" in text.stdout
-    shown = run_cli("settings", "show", "--dsn", db.dsn, "--bar", str(bar), "--format", "json",
-                    env=env())
+    shown = run_cli(
+        "settings", "show", "--dsn", db.dsn, "--bar", str(bar), "--format", "json", env=env()
+    )
     data = json.loads(shown.stdout)
     assert data["mpesa_enabled"] is True and data["in_sync"] is True
     [cred] = data["credentials"]
     assert cred["environment"] == "sandbox" and cred["is_active"] is True
     assert cred["has_consumer_key"] and cred["has_consumer_secret"] and cred["has_passkey"]
     assert not any(k.endswith("_enc") for k in cred)
-    stored = db.query("SELECT consumer_key_enc, consumer_secret_enc, passkey_enc "
-                      "FROM mpesa_credentials")[0]
+    stored = db.query(
+        "SELECT consumer_key_enc, consumer_secret_enc, passkey_enc FROM mpesa_credentials"
+    )[0]
     for blob in stored.values():
         assert bytes(blob).hex() not in text.stdout + shown.stdout
     assert_no_secret(text.stdout + shown.stdout)
@@ -188,10 +223,14 @@ def test_show_reports_drift_and_a_bar_without_credentials(db: Database) -> None:
     assert "no credentials" in result.stdout
 
 
-@pytest.mark.parametrize(("bar", "needle"), [
-    (str(uuid.UUID(int=9)), "no bar"),
-    ("not-a-uuid", "'not-a-uuid' is not a valid UUID"),
-], ids=["unknown", "malformed"])
+@pytest.mark.parametrize(
+    ("bar", "needle"),
+    [
+        (str(uuid.UUID(int=9)), "no bar"),
+        ("not-a-uuid", "'not-a-uuid' is not a valid UUID"),
+    ],
+    ids=["unknown", "malformed"],
+)
 def test_show_refuses_a_bad_bar(db: Database, bar: str, needle: str) -> None:
     result = run_cli("settings", "show", "--dsn", db.dsn, "--bar", bar, env=env())
     assert result.code == 2
@@ -220,15 +259,26 @@ class _DarajaHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         auth = self.headers.get("Authorization", "")
-        self.server.requests.append({"path": parts.path, "query": parse_qs(parts.query),
-                                     "authorized": auth == self.server.expected})
+        self.server.requests.append(
+            {
+                "path": parts.path,
+                "query": parse_qs(parts.query),
+                "authorized": auth == self.server.expected,
+            }
+        )
         if parts.path != "/oauth/v1/generate":
             self._reply(404, {"errorMessage": "Resource not found"})
         elif auth == self.server.expected:
             self._reply(200, {"access_token": TOKEN, "expires_in": "3599"})
         else:
-            self._reply(400, {"requestId": "1-2-3", "errorCode": "400.008.01",
-                              "errorMessage": "Invalid Authentication passed"})
+            self._reply(
+                400,
+                {
+                    "requestId": "1-2-3",
+                    "errorCode": "400.008.01",
+                    "errorMessage": "Invalid Authentication passed",
+                },
+            )
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -256,8 +306,9 @@ def daraja() -> Iterator[FakeDaraja]:
 
 
 def check(db: Database, bar: Any, *args: str, **extra_env: str | None) -> Any:
-    return run_cli("settings", "check", "--dsn", db.dsn, "--bar", str(bar), *args,
-                   env=env(**extra_env))
+    return run_cli(
+        "settings", "check", "--dsn", db.dsn, "--bar", str(bar), *args, env=env(**extra_env)
+    )
 
 
 def test_check_accepted_credentials_exit_0(db: Database, daraja: FakeDaraja) -> None:
@@ -266,25 +317,35 @@ def test_check_accepted_credentials_exit_0(db: Database, daraja: FakeDaraja) -> 
     result = check(db, bar, MPESA_SYNC_DARAJA_URL=daraja.url)  # the URL from the environment
     assert result.code == 0, result.stderr
     assert f"sandbox: accepted by {daraja.url} (HTTP 200)" in result.stdout
-    assert daraja.requests == [{"path": "/oauth/v1/generate",
-                                "query": {"grant_type": ["client_credentials"]},
-                                "authorized": True}]
+    assert daraja.requests == [
+        {
+            "path": "/oauth/v1/generate",
+            "query": {"grant_type": ["client_credentials"]},
+            "authorized": True,
+        }
+    ]
     assert_no_secret(result.stdout + result.stderr)
 
 
 def test_check_rejected_credentials_exit_1(db: Database, daraja: FakeDaraja) -> None:
     bar = db.add_bar()
     run_cli(*set_args(db, bar, "--active"), env=env())
-    run_cli(*set_args(db, bar, "--active"), "--environment", "production",
-            env=env(MPESA_SYNC_CONSUMER_SECRET="wrong-" + uuid.uuid4().hex))
+    run_cli(
+        *set_args(db, bar, "--active"),
+        "--environment",
+        "production",
+        env=env(MPESA_SYNC_CONSUMER_SECRET="wrong-" + uuid.uuid4().hex),
+    )
     result = check(db, bar, "--daraja-url", daraja.url, "--format", "json")
     assert result.code == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False
-    assert [(c["environment"], c["ok"], c["status_code"], c["message"])
-            for c in report["checks"]] == [
+    assert [
+        (c["environment"], c["ok"], c["status_code"], c["message"]) for c in report["checks"]
+    ] == [
         ("production", False, 400, "Invalid Authentication passed"),
-        ("sandbox", True, 200, "credentials accepted")]
+        ("sandbox", True, 200, "credentials accepted"),
+    ]
     only = check(db, bar, "--daraja-url", daraja.url, "--environment", "sandbox")
     assert only.code == 0 and "production" not in only.stdout
     assert_no_secret(result.stdout + only.stdout)

@@ -21,14 +21,24 @@ SECRET = b"enc-SECRET-51be02"
 PASSKEY = b"enc-PASSKEY-0d44e1"
 
 
-def save(db: Database, bar: Any, environment: Any = "sandbox", shortcode: Any = "174379",
-         key: Any = KEY, secret: Any = SECRET, passkey: Any = PASSKEY,
-         active: Any = True, *, role: str | None = None) -> dict[str, Any]:
+def save(
+    db: Database,
+    bar: Any,
+    environment: Any = "sandbox",
+    shortcode: Any = "174379",
+    key: Any = KEY,
+    secret: Any = SECRET,
+    passkey: Any = PASSKEY,
+    active: Any = True,
+    *,
+    role: str | None = None,
+) -> dict[str, Any]:
     with db.connect() as conn:
         if role:
             conn.execute(f"SET ROLE {role}")
-        return conn.execute(SAVE, (bar, environment, shortcode, key, secret, passkey,
-                                   active)).fetchone()[0]
+        return conn.execute(
+            SAVE, (bar, environment, shortcode, key, secret, passkey, active)
+        ).fetchone()[0]
 
 
 def state(db: Database, bar: uuid.UUID) -> dict[str, Any]:
@@ -52,7 +62,10 @@ def test_activating_inserts_the_row_and_enables_the_bar(db: Database) -> None:
     assert len(row) == 1
     assert str(row[0]["id"]) == result["credential_id"]
     assert (row[0]["environment"], row[0]["business_shortcode"], row[0]["is_active"]) == (
-        "sandbox", "174379", True)
+        "sandbox",
+        "174379",
+        True,
+    )
     assert bytes(row[0]["consumer_key_enc"]) == KEY
     assert db.enabled(bar) is True
     assert [(e["mpesa_enabled"], e["source"]) for e in db.events()] == [(True, "credentials")]
@@ -65,8 +78,9 @@ def test_deactivating_updates_the_same_row_and_disables_the_bar(db: Database) ->
     assert result["success"] is True and result["mpesa_enabled"] is False
     assert result["credential_id"] == first["credential_id"]  # upsert, not a second row
     rows = db.query("SELECT * FROM mpesa_credentials WHERE tenant_id = %s", (bar,))
-    assert [(r["business_shortcode"], bytes(r["consumer_key_enc"]), r["is_active"])
-            for r in rows] == [("600126", b"new-key", False)]
+    assert [
+        (r["business_shortcode"], bytes(r["consumer_key_enc"]), r["is_active"]) for r in rows
+    ] == [("600126", b"new-key", False)]
     assert db.enabled(bar) is False
     assert [e["mpesa_enabled"] for e in db.events()] == [True, False]
 
@@ -137,17 +151,22 @@ def test_only_service_role_may_call_it(db: Database) -> None:
     for role in ("anon", "authenticated"):
         with pytest.raises(errors.InsufficientPrivilege):
             save(db, bar, active=False, role=role)
-    assert db.scalar(
-        "SELECT has_function_privilege('public', "
-        "'mpesa_sync.save_settings(uuid, text, text, bytea, bytea, bytea, boolean)', 'EXECUTE')"
-    ) is False
+    assert (
+        db.scalar(
+            "SELECT has_function_privilege('public', "
+            "'mpesa_sync.save_settings(uuid, text, text, bytea, bytea, bytea, boolean)', 'EXECUTE')"
+        )
+        is False
+    )
     assert db.enabled(bar) is True
 
 
 def test_optional_public_wrapper_is_for_service_role_only(db: Database) -> None:
     # What Supabase does to every new function in public, so the file must undo it.
-    db.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public "
-               "GRANT EXECUTE ON FUNCTIONS TO anon, authenticated")
+    db.execute(
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public "
+        "GRANT EXECUTE ON FUNCTIONS TO anon, authenticated"
+    )
     with db.connect() as conn:
         conn.execute(WRAPPER_SQL.read_text())
         conn.execute(WRAPPER_SQL.read_text())  # applying it again is harmless

@@ -13,8 +13,13 @@ SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PL
 
 
 def test_new_bar_ends_up_false_despite_host_default_true(db: Database) -> None:
-    assert db.scalar("SELECT column_default FROM information_schema.columns "
-                     "WHERE table_name = 'bars' AND column_name = 'mpesa_enabled'") == "true"
+    assert (
+        db.scalar(
+            "SELECT column_default FROM information_schema.columns "
+            "WHERE table_name = 'bars' AND column_name = 'mpesa_enabled'"
+        )
+        == "true"
+    )
     bar = db.add_bar()
     assert db.enabled(bar) is False
     explicit = db.add_bar(mpesa_enabled=True)
@@ -135,8 +140,9 @@ def test_rollback_leaves_both_fields_unchanged(db: Database) -> None:
     with db.connect() as listener, db.connect(autocommit=False) as conn:
         listener.execute("LISTEN mpesa_status")
         conn.execute("UPDATE mpesa_credentials SET is_active = false WHERE id = %s", (cred,))
-        assert conn.execute("SELECT mpesa_enabled FROM bars WHERE id = %s",
-                            (bar,)).fetchone() == (False,)
+        assert conn.execute("SELECT mpesa_enabled FROM bars WHERE id = %s", (bar,)).fetchone() == (
+            False,
+        )
         conn.rollback()
         assert list(listener.notifies(timeout=0.3)) == []
     assert db.scalar("SELECT is_active FROM mpesa_credentials WHERE id = %s", (cred,)) is True
@@ -146,8 +152,9 @@ def test_rollback_leaves_both_fields_unchanged(db: Database) -> None:
 
 def test_notification_only_on_commit_and_only_for_real_changes(db: Database) -> None:
     bar = db.add_bar()
-    cred = db.add_credentials(bar, active=False, key=SECRETS[0], secret=SECRETS[1],
-                              passkey=SECRETS[2])
+    cred = db.add_credentials(
+        bar, active=False, key=SECRETS[0], secret=SECRETS[1], passkey=SECRETS[2]
+    )
     with db.connect() as listener, db.connect(autocommit=False) as writer:
         listener.execute("LISTEN mpesa_status")
         writer.execute("UPDATE mpesa_credentials SET is_active = true WHERE id = %s", (cred,))
@@ -166,8 +173,9 @@ def test_notification_only_on_commit_and_only_for_real_changes(db: Database) -> 
 
         # No-op writes: same value, other columns, bars' other columns.
         writer.execute("UPDATE mpesa_credentials SET is_active = true WHERE id = %s", (cred,))
-        writer.execute("UPDATE mpesa_credentials SET business_shortcode = '600000' WHERE id = %s",
-                       (cred,))
+        writer.execute(
+            "UPDATE mpesa_credentials SET business_shortcode = '600000' WHERE id = %s", (cred,)
+        )
         writer.execute("UPDATE bars SET name = 'renamed' WHERE id = %s", (bar,))
         writer.execute("UPDATE bars SET mpesa_enabled = true WHERE id = %s", (bar,))
         writer.commit()
@@ -206,7 +214,9 @@ def test_staff_role_without_rights_on_bars_still_syncs(db: Database) -> None:
         conn.execute(
             "INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,"
             " consumer_key_enc, consumer_secret_enc, passkey_enc) VALUES (%s, 'sandbox',"
-            " '174379', 'k', 's', 'p')", (bar,))
+            " '174379', 'k', 's', 'p')",
+            (bar,),
+        )
     assert db.enabled(bar) is True
 
 
@@ -226,7 +236,9 @@ def test_search_path_cannot_hijack_the_functions(db: Database) -> None:
         conn.execute(
             "INSERT INTO public.mpesa_credentials (tenant_id, environment, business_shortcode,"
             " consumer_key_enc, consumer_secret_enc, passkey_enc) VALUES (%s, 'sandbox',"
-            " '174379', 'k', 's', 'p')", (bar,))
+            " '174379', 'k', 's', 'p')",
+            (bar,),
+        )
         conn.execute("UPDATE public.bars SET mpesa_enabled = false WHERE id = %s", (bar,))
     assert db.enabled(bar) is True
 
@@ -241,8 +253,13 @@ def test_every_function_is_security_definer_with_pinned_search_path(db: Database
     for row in rows:
         assert row["prosecdef"], row["proname"]
         assert "search_path=pg_catalog, pg_temp" in row["proconfig"], row["proname"]
-    assert db.scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = 'mpesa_sync'::regnamespace"
-                     " AND has_function_privilege('anon', oid, 'EXECUTE')") == 0
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'mpesa_sync'::regnamespace"
+            " AND has_function_privilege('anon', oid, 'EXECUTE')"
+        )
+        == 0
+    )
 
 
 def test_payment_options_for_customers(db: Database) -> None:
@@ -253,19 +270,29 @@ def test_payment_options_for_customers(db: Database) -> None:
     db.add_credentials(inactive, active=False)
     with db.connect() as conn:
         conn.execute("SET ROLE anon")
-        rows = {r[0]: r[1:] for r in conn.execute(
-            "SELECT bar_id, mpesa_available, environment, business_shortcode"
-            " FROM mpesa_sync.payment_options")}
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT bar_id, mpesa_available, environment, business_shortcode"
+                " FROM mpesa_sync.payment_options"
+            )
+        }
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM public.mpesa_credentials")
     assert rows[usable] == (True, "production", "600126")
     assert rows[empty_key] == (False, None, None)
     assert rows[inactive] == (False, None, None)
     assert rows[none] == (False, None, None)
-    columns = db.query("SELECT column_name FROM information_schema.columns"
-                       " WHERE table_schema = 'mpesa_sync' AND table_name = 'payment_options'")
+    columns = db.query(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'mpesa_sync' AND table_name = 'payment_options'"
+    )
     assert {c["column_name"] for c in columns} == {
-        "bar_id", "mpesa_available", "environment", "business_shortcode"}
+        "bar_id",
+        "mpesa_available",
+        "environment",
+        "business_shortcode",
+    }
 
 
 def test_repeatable_read_write_skew_becomes_a_serialization_failure(db: Database) -> None:
@@ -281,12 +308,14 @@ def test_repeatable_read_write_skew_becomes_a_serialization_failure(db: Database
         first.execute("UPDATE mpesa_credentials SET is_active = false WHERE id = %s", (sandbox,))
         first.commit()
         with pytest.raises(psycopg.errors.SerializationFailure):
-            second.execute("UPDATE mpesa_credentials SET is_active = false WHERE id = %s",
-                           (production,))
+            second.execute(
+                "UPDATE mpesa_credentials SET is_active = false WHERE id = %s", (production,)
+            )
         second.rollback()
         second.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        second.execute("UPDATE mpesa_credentials SET is_active = false WHERE id = %s",
-                       (production,))
+        second.execute(
+            "UPDATE mpesa_credentials SET is_active = false WHERE id = %s", (production,)
+        )
         second.commit()
     assert db.enabled(bar) is False
     assert db.drift() == []

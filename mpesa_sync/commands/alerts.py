@@ -17,12 +17,12 @@ from mpesa_sync.commands import DSN_HELP, EXIT_OK, format_option, require_dsn
 
 @click.group("alerts", invoke_without_command=True)
 @click.option("--dsn", envvar="MPESA_SYNC_DSN", metavar="DSN", help=DSN_HELP)
-@click.option("--all", "include_acknowledged", is_flag=True,
-              help="Include acknowledged alerts.")
+@click.option("--all", "include_acknowledged", is_flag=True, help="Include acknowledged alerts.")
 @format_option
 @click.pass_context
-def alerts(ctx: click.Context, dsn: str | None, include_acknowledged: bool,
-           output_format: str) -> int:
+def alerts(
+    ctx: click.Context, dsn: str | None, include_acknowledged: bool, output_format: str
+) -> int:
     """List open alerts (every alert with --all); `alerts ack ID` acknowledges one."""
     ctx.obj = {"dsn": dsn}
     if ctx.invoked_subcommand is not None:
@@ -39,8 +39,10 @@ def alerts(ctx: click.Context, dsn: str | None, include_acknowledged: bool,
         state = "open"
         if a.acknowledged_at:
             state = f"acknowledged {a.acknowledged_at:%Y-%m-%d %H:%M:%S}"
-        click.echo(f"{a.id:>6}  {a.created_at:%Y-%m-%d %H:%M:%S%z}  {a.kind:<22} "
-                   f"bar {a.bar_id or '-'}  {state}  {json.dumps(a.detail, sort_keys=True)}")
+        click.echo(
+            f"{a.id:>6}  {a.created_at:%Y-%m-%d %H:%M:%S%z}  {a.kind:<22} "
+            f"bar {a.bar_id or '-'}  {state}  {json.dumps(a.detail, sort_keys=True)}"
+        )
     return EXIT_OK
 
 
@@ -58,8 +60,11 @@ def ack(ctx: click.Context, alert_id: int, dsn: str | None) -> int:
         db.require_schema(conn)
         alert, newly = alerts_api.acknowledge(conn, alert_id)
     when = f"{alert.acknowledged_at:%Y-%m-%d %H:%M:%S%z}"
-    click.echo(f"acknowledged alert {alert.id}" if newly
-               else f"alert {alert.id} was already acknowledged at {when}")
+    click.echo(
+        f"acknowledged alert {alert.id}"
+        if newly
+        else f"alert {alert.id} was already acknowledged at {when}"
+    )
     return EXIT_OK
 
 

@@ -127,5 +127,4 @@ def _print_reconcile(report: reconciling.ReconcileReport) -> None:
         click.echo(f"{report.remaining} bar(s) still drifted; see `mpesa-sync verify`")
 
 
-
 COMMANDS = (verify, reconcile)

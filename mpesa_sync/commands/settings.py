@@ -26,8 +26,9 @@ SECRET_SOURCES = (
     ("passkey", "MPESA_SYNC_PASSKEY", "Passkey"),
 )
 
-_bar_option = click.option("--bar", "bar_id", type=click.UUID, required=True, metavar="ID",
-                           help="The bar's id (bars.id).")
+_bar_option = click.option(
+    "--bar", "bar_id", type=click.UUID, required=True, metavar="ID", help="The bar's id (bars.id)."
+)
 
 
 @click.group("settings")
@@ -39,13 +40,24 @@ def settings_group() -> None:
 @dsn_option
 @_bar_option
 @click.option("--environment", type=click.Choice(settings.ENVIRONMENTS), required=True)
-@click.option("--shortcode", required=True,
-              help="Business shortcode (PayBill or Till), 5-7 digits.")
-@click.option("--active/--inactive", "active", default=None,
-              help="Turn M-Pesa on or off with these credentials (one is required).")
+@click.option(
+    "--shortcode", required=True, help="Business shortcode (PayBill or Till), 5-7 digits."
+)
+@click.option(
+    "--active/--inactive",
+    "active",
+    default=None,
+    help="Turn M-Pesa on or off with these credentials (one is required).",
+)
 @format_option
-def set_settings(dsn: str, bar_id: uuid.UUID, environment: str, shortcode: str,
-                 active: bool | None, output_format: str) -> int:
+def set_settings(
+    dsn: str,
+    bar_id: uuid.UUID,
+    environment: str,
+    shortcode: str,
+    active: bool | None,
+    output_format: str,
+) -> int:
     """Save one environment's credentials for a bar and sync its status, atomically.
 
     The secrets come from MPESA_SYNC_CONSUMER_KEY, MPESA_SYNC_CONSUMER_SECRET
@@ -57,8 +69,15 @@ def set_settings(dsn: str, bar_id: uuid.UUID, environment: str, shortcode: str,
     cipher = CredentialCipher.from_env()  # before asking for secrets it could not store
     secrets = {name: _read_secret(envvar, label) for name, envvar, label in SECRET_SOURCES}
     result = settings.save_settings(
-        dsn, bar_id, environment, shortcode, secrets["consumer_key"],
-        secrets["consumer_secret"], secrets["passkey"], active, cipher=cipher,
+        dsn,
+        bar_id,
+        environment,
+        shortcode,
+        secrets["consumer_key"],
+        secrets["consumer_secret"],
+        secrets["passkey"],
+        active,
+        cipher=cipher,
     )
     if output_format == "json":
         click.echo(json.dumps(result.to_json()))
@@ -90,28 +109,51 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
     for c in state.credentials:
         present = ", ".join(
             f"{name} {'set' if has else 'MISSING'}"
-            for name, has in (("key", c.has_consumer_key), ("secret", c.has_consumer_secret),
-                              ("passkey", c.has_passkey))
+            for name, has in (
+                ("key", c.has_consumer_key),
+                ("secret", c.has_consumer_secret),
+                ("passkey", c.has_passkey),
+            )
         )
         updated = c.updated_at.isoformat(timespec="seconds") if c.updated_at else "-"
-        click.echo(f"  {c.environment:<10} shortcode {c.business_shortcode:<8} "
-                   f"{'active' if c.is_active else 'inactive':<8} {present}; updated {updated}")
+        click.echo(
+            f"  {c.environment:<10} shortcode {c.business_shortcode:<8} "
+            f"{'active' if c.is_active else 'inactive':<8} {present}; updated {updated}"
+        )
     return EXIT_OK
 
 
 @settings_group.command("check")
 @dsn_option
 @_bar_option
-@click.option("--environment", type=click.Choice(settings.ENVIRONMENTS),
-              help="Check only this environment's credentials (default: every row).")
-@click.option("--daraja-url", envvar=daraja.BASE_URL_ENV, metavar="URL",
-              help="Daraja base URL for every environment (env MPESA_SYNC_DARAJA_URL); "
-                   "default: Safaricom's sandbox or production URL.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for Daraja.")
+@click.option(
+    "--environment",
+    type=click.Choice(settings.ENVIRONMENTS),
+    help="Check only this environment's credentials (default: every row).",
+)
+@click.option(
+    "--daraja-url",
+    envvar=daraja.BASE_URL_ENV,
+    metavar="URL",
+    help="Daraja base URL for every environment (env MPESA_SYNC_DARAJA_URL); "
+    "default: Safaricom's sandbox or production URL.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for Daraja.",
+)
 @format_option
-def check_settings(dsn: str, bar_id: uuid.UUID, environment: str | None, daraja_url: str | None,
-                   timeout: float, output_format: str) -> int:
+def check_settings(
+    dsn: str,
+    bar_id: uuid.UUID,
+    environment: str | None,
+    daraja_url: str | None,
+    timeout: float,
+    output_format: str,
+) -> int:
     """Try Daraja's OAuth call with the bar's stored key and secret.
 
     Exits 0 when Daraja accepts every checked row, 1 when it rejects one,
@@ -120,16 +162,30 @@ def check_settings(dsn: str, bar_id: uuid.UUID, environment: str | None, daraja_
     cipher = CredentialCipher.from_env()
     with db.connection(dsn) as conn:
         db.require_schema(conn)
-        results = daraja.check_settings(conn, bar_id, cipher=cipher, environment=environment,
-                                        base_url=daraja_url, timeout=timeout)
+        results = daraja.check_settings(
+            conn,
+            bar_id,
+            cipher=cipher,
+            environment=environment,
+            base_url=daraja_url,
+            timeout=timeout,
+        )
     if output_format == "json":
-        click.echo(json.dumps({"bar_id": str(bar_id), "ok": all(r.ok for r in results),
-                               "checks": [r.to_json() for r in results]}))
+        click.echo(
+            json.dumps(
+                {
+                    "bar_id": str(bar_id),
+                    "ok": all(r.ok for r in results),
+                    "checks": [r.to_json() for r in results],
+                }
+            )
+        )
     else:
         for r in results:
             verdict = "accepted" if r.ok else "REJECTED"
-            click.echo(f"{r.environment}: {verdict} by {r.base_url} (HTTP {r.status_code}): "
-                       f"{r.message}")
+            click.echo(
+                f"{r.environment}: {verdict} by {r.base_url} (HTTP {r.status_code}): {r.message}"
+            )
     return EXIT_OK if all(r.ok for r in results) else EXIT_DRIFT
 
 
@@ -138,10 +194,10 @@ def _read_secret(envvar: str, label: str) -> str:
     if value:
         return value
     if not sys.stdin.isatty():
-        raise ConfigError(f"{label.lower()} missing: set {envvar}, "
-                          "or run on a terminal to be asked for it")
+        raise ConfigError(
+            f"{label.lower()} missing: set {envvar}, or run on a terminal to be asked for it"
+        )
     return str(click.prompt(label, hide_input=True))
-
 
 
 COMMANDS = (settings_group,)
