@@ -42,7 +42,7 @@ import psycopg
 
 from benchmarks.common import RUNS, Bench, Result
 from mpesa_sync import migrations
-from mpesa_sync.relay_events import payload_event_id
+from mpesa_sync.relay.events import payload_event_id
 from mpesa_sync.resources import resource_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -539,7 +539,7 @@ async def _bridge_main(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    from mpesa_sync.relay_service import loop_factory
+    from mpesa_sync.relay.service import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         if sys.argv[1] == "client":

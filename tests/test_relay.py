@@ -26,15 +26,15 @@ import httpx
 import pytest
 import uvicorn
 
-from mpesa_sync.http_app import create_app
-from mpesa_sync.relay import (
+from mpesa_sync.relay.app import create_app
+from mpesa_sync.relay.listener import (
     APPLICATION_NAME,
     PAGE_SIZE,
     Relay,
-    RelaySettings,
+    RelayConfig,
     SubscriptionLagged,
 )
-from mpesa_sync.relay_service import listen_socket
+from mpesa_sync.relay.service import listen_socket
 from tests.helpers import Database, run_module
 
 EVENT_FIELDS = {"event_id", "bar_id", "mpesa_enabled", "source", "at"}
@@ -517,7 +517,7 @@ def test_a_slow_subscriber_is_dropped_without_stalling_the_others(db: Database) 
         db.add_credentials(bar, active=False)
 
     async def scenario() -> None:
-        relay = Relay(db.dsn, settings=RelaySettings(backlog=4))
+        relay = Relay(db.dsn, config=RelayConfig(backlog=4))
         await relay.start()
         task = asyncio.create_task(relay.run())
         slow = relay.subscribe()

@@ -7,8 +7,8 @@ from uuid import UUID
 
 import click
 
-from mpesa_sync import relay_service
 from mpesa_sync.commands import EXIT_OK, dsn_option
+from mpesa_sync.relay import service as relay_service
 
 
 class HostPort(click.ParamType):

@@ -1,4 +1,4 @@
--- Queries the live relay runs (mpesa_sync/relay.py, mpesa_sync/http_app.py).
+-- Queries the live relay runs (mpesa_sync/relay/).
 --
 -- The relay never trusts notifications alone: after every (re)connect it
 -- LISTENs first and then reads status_events after the last id it delivered.

@@ -1,6 +1,6 @@
 """`mpesa-sync relay` as a process: stdout lines, optional HTTP, signals.
 
-One :class:`~mpesa_sync.relay.Relay` feeds both the JSON lines on stdout and,
+One :class:`~mpesa_sync.relay.listener.Relay` feeds both the JSON lines on stdout and,
 with an HTTP address, the Starlette app served by uvicorn. SIGINT and SIGTERM
 stop both cleanly: the relay closes its subscriptions, which ends every SSE
 stream, and uvicorn then shuts down.
@@ -21,9 +21,9 @@ from uuid import UUID
 import uvicorn
 
 from mpesa_sync.errors import ConfigError
-from mpesa_sync.http_app import create_app
-from mpesa_sync.relay import Relay, RelaySettings, Sink
-from mpesa_sync.relay_events import StatusEvent
+from mpesa_sync.relay.app import create_app
+from mpesa_sync.relay.events import StatusEvent
+from mpesa_sync.relay.listener import Relay, RelayConfig, Sink
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ async def serve(
     since: int | None = None,
     bar_id: UUID | None = None,
     out: TextIO = sys.stdout,
-    settings: RelaySettings | None = None,
+    config: RelayConfig | None = None,
 ) -> None:
     """Relay until SIGINT/SIGTERM.
 
@@ -46,7 +46,7 @@ async def serve(
     the newest event, an address it cannot listen on.
     """
     sock = listen_socket(*http) if http else None
-    relay = Relay(dsn, since=since, settings=settings)
+    relay = Relay(dsn, since=since, config=config)
     try:
         await relay.start()
     except BaseException:

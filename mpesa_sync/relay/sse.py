@@ -31,8 +31,14 @@ from starlette.types import Receive, Scope, Send
 
 from mpesa_sync import db
 from mpesa_sync.queries import query
-from mpesa_sync.relay import MAX_EVENT_ID, PAGE_SIZE, Relay, Subscription, SubscriptionLagged
-from mpesa_sync.relay_events import StatusEvent
+from mpesa_sync.relay.events import StatusEvent
+from mpesa_sync.relay.listener import (
+    MAX_EVENT_ID,
+    PAGE_SIZE,
+    Relay,
+    Subscription,
+    SubscriptionLagged,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """The relay over HTTP: Server-Sent Events, payment options, health, the page.
 
-Every SSE client is a subscription on the one :class:`~mpesa_sync.relay.Relay`
+Every SSE client is a subscription on the one :class:`~mpesa_sync.relay.listener.Relay`
 (no database connection per client); replays and payment options go through
 a small connection pool.
 
-* ``GET /events[?bar_id=UUID]``: Server-Sent Events (see :mod:`mpesa_sync.http_sse`).
+* ``GET /events[?bar_id=UUID]``: Server-Sent Events (see :mod:`mpesa_sync.relay.sse`).
 * ``GET /bars/{bar_id}/payment-options``: the row of ``mpesa_sync.payment_options``.
 * ``GET /healthz``: whether the LISTEN connection is up, and the last event id.
-* ``GET /?bar_id=UUID``: the customer's page (``mpesa_sync/static/``).
+* ``GET /?bar_id=UUID``: the customer's page (``mpesa_sync/relay/static/``).
 
 Errors are JSON: ``{"error": "..."}``.
 """
@@ -30,9 +30,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mpesa_sync import db
-from mpesa_sync.http_sse import EventStream, heartbeat, parse_bar_id
 from mpesa_sync.queries import query
-from mpesa_sync.relay import Relay
+from mpesa_sync.relay.listener import Relay
+from mpesa_sync.relay.sse import EventStream, heartbeat, parse_bar_id
 
 logger = logging.getLogger(__name__)
 

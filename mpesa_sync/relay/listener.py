@@ -45,7 +45,7 @@ import psycopg
 from mpesa_sync import db
 from mpesa_sync.errors import ConfigError, MpesaSyncError, SchemaNotInstalled
 from mpesa_sync.queries import query
-from mpesa_sync.relay_events import StatusEvent, payload_event_id
+from mpesa_sync.relay.events import StatusEvent, payload_event_id
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class SubscriptionLagged(Exception):
 
 
 @dataclass(frozen=True)
-class RelaySettings:
+class RelayConfig:
     """Timings and limits of a relay; the defaults suit production."""
 
     idle_timeout: float = 5.0  # read the table after this long without a hint
@@ -78,10 +78,10 @@ class Relay:
     """Owns the LISTEN connection, the catch-up reads and the fan-out."""
 
     def __init__(
-        self, dsn: str, *, since: int | None = None, settings: RelaySettings | None = None
+        self, dsn: str, *, since: int | None = None, config: RelayConfig | None = None
     ) -> None:
         self.dsn = dsn
-        self.settings = settings or RelaySettings()
+        self.config = config or RelayConfig()
         self.last_event_id = 0
         self.connected = False
         self._since = since
@@ -126,7 +126,7 @@ class Relay:
 
     async def run(self) -> None:
         """Relay until :meth:`stop`; a lost database means reconnecting, never returning."""
-        backoff = _Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        backoff = _Backoff(self.config.backoff_initial, self.config.backoff_max)
         try:
             while not self._stop.is_set():
                 conn, self._conn = self._conn, None
@@ -208,7 +208,7 @@ class Relay:
         conn = await db.connect_async(
             self.dsn,
             autocommit=True,
-            application_name=self.settings.application_name,
+            application_name=self.config.application_name,
             # Keepalives notice a dead peer on an idle connection; this bounds
             # a read that was sent into a black hole (unacknowledged data).
             tcp_user_timeout=30_000,
@@ -223,12 +223,12 @@ class Relay:
         return conn
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        idle_until = monotonic() + self.settings.idle_timeout
+        idle_until = monotonic() + self.config.idle_timeout
         while not self._stop.is_set():
             hinted = False
             # The generator holds the connection: leave it before querying.
             # Notifications that arrive while we query are kept for the next run.
-            async with aclosing(conn.notifies(timeout=self.settings.wait_slice)) as notes:
+            async with aclosing(conn.notifies(timeout=self.config.wait_slice)) as notes:
                 async for note in notes:
                     event_id = payload_event_id(note.payload)
                     if event_id is None or event_id > self.last_event_id:
@@ -236,7 +236,7 @@ class Relay:
                         break
             if hinted or monotonic() >= idle_until:
                 await self._catch_up(conn)
-                idle_until = monotonic() + self.settings.idle_timeout
+                idle_until = monotonic() + self.config.idle_timeout
 
     async def _catch_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Deliver every committed event after the last delivered one."""
@@ -259,7 +259,7 @@ class Relay:
             for sub in self._by_bar.get(event.bar_id, ()):
                 sub._push(event)
         self._log.extend(events)
-        backlog = self.settings.backlog
+        backlog = self.config.backlog
         if len(self._log) > 2 * backlog:  # trim now and then, not on every event
             drop = len(self._log) - backlog
             del self._log[:drop]
@@ -336,7 +336,7 @@ class Subscription:
         self._relay._unsubscribe(self)
 
     def _push(self, event: StatusEvent) -> None:
-        if len(self._pending) >= self._relay.settings.backlog:
+        if len(self._pending) >= self._relay.config.backlog:
             self._lagged = True
         else:
             self._pending.append(event)
@@ -350,7 +350,7 @@ class Subscription:
             end = relay._log_base + len(relay._log)
             # The log keeps at least the last `backlog` events, so a subscriber
             # within that lag always finds its cursor in it.
-            if end - self._cursor > relay.settings.backlog:
+            if end - self._cursor > relay.config.backlog:
                 self._lagged = True
                 raise SubscriptionLagged()
             events = relay._log[self._cursor - relay._log_base :]
