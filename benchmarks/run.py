@@ -20,7 +20,7 @@ import psycopg
 from psycopg import conninfo
 
 from benchmarks.common import RUNS, Bench, Result, scale_from_env
-from mpesa_sync.cluster import Cluster, embedded_bindir
+from mpesa_sync.dev.cluster import Cluster, embedded_bindir
 
 MODULES = ("bench_sync", "bench_reconcile", "bench_relay")
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"

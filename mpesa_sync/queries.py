@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 
 from mpesa_sync.resources import resource_dir
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-@functools.cache
-def _load() -> dict[str, str]:
+def load_queries(folder: Path) -> dict[str, str]:
+    """Every named query in ``folder/*.sql``; a name defined twice is an error."""
     queries: dict[str, str] = {}
-    for path in sorted(resource_dir("sql").joinpath("queries").glob("*.sql")):
+    for path in sorted(folder.glob("*.sql")):
         parts = _HEADER.split(path.read_text())
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
             if name in queries:
@@ -27,6 +28,11 @@ def _load() -> dict[str, str]:
     return queries
 
 
+@functools.cache
+def _product_queries() -> dict[str, str]:
+    return load_queries(resource_dir("sql") / "queries")
+
+
 def query(name: str) -> str:
     """The text of the named query."""
-    return _load()[name]
+    return _product_queries()[name]

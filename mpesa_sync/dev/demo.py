@@ -13,9 +13,10 @@ from typing import Any
 import click
 import psycopg
 
-from mpesa_sync import migrations, relay_demo
-from mpesa_sync.cluster import Cluster, embedded_bindir
-from mpesa_sync.queries import query
+from mpesa_sync import migrations
+from mpesa_sync.dev import demo_live
+from mpesa_sync.dev.cluster import Cluster, embedded_bindir
+from mpesa_sync.dev.queries import query
 from mpesa_sync.resources import resource_dir
 
 MAMA_OLIECH = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -30,7 +31,7 @@ def main() -> None:
     try:
         click.echo(f"  PostgreSQL {cluster.version} on 127.0.0.1:{cluster.port}")
         run_story(cluster.dsn())
-        relay_demo.run_live(cluster.dsn(), MAMA_OLIECH, "Mama Oliech", step)
+        demo_live.run_live(cluster.dsn(), MAMA_OLIECH, "Mama Oliech", step)
     finally:
         step("Stopping the server")
         cluster.destroy()
@@ -41,7 +42,7 @@ def run_story(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         step("Loading the host's tables and a sample in which four bars have drifted")
         conn.execute(sql_dir.joinpath("host_example.sql").read_text())
-        conn.execute(sql_dir.joinpath("demo", "sample.sql").read_text())
+        conn.execute(sql_dir.joinpath("dev", "demo_sample.sql").read_text())
         show_status(conn)
 
     step("mpesa-sync migrate")
