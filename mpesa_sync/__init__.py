@@ -6,8 +6,8 @@ package installs them, reconciles drift and relays status notifications.
 
 __version__ = "0.1.0"
 
+from mpesa_sync.credentials import save_settings
 from mpesa_sync.errors import MpesaSyncError
 from mpesa_sync.migrations import migrate, rollback
-from mpesa_sync.settings import save_settings
 
 __all__ = ["MpesaSyncError", "__version__", "migrate", "rollback", "save_settings"]

@@ -32,7 +32,7 @@ class Alert:
     detail: dict[str, Any]
     acknowledged_at: datetime | None
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "created_at": self.created_at.isoformat(),

@@ -41,7 +41,7 @@ class CheckResult:
     status_code: int
     message: str
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

@@ -31,8 +31,13 @@ _YOYO_LOCK_TIMEOUT = 600
 
 @dataclass
 class MigrateReport:
+    """The migrations a run applied, and the bars that refused the install's fix."""
+
     applied: list[str] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "refused": self.refused}
 
 
 def yoyo_url(dsn: str) -> str:
@@ -118,13 +123,6 @@ def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
             to_rollback = to_rollback[:count]
         _run(backend.rollback_migrations, to_rollback)
         return [m.id for m in to_rollback]
-
-
-def pending(dsn: str) -> list[str]:
-    """Ids of the migrations not yet applied."""
-    migrations = read_migrations(str(resource_dir("migrations")))
-    with _backend(dsn) as backend:
-        return [m.id for m in backend.to_apply(migrations)]
 
 
 def _apply(dsn: str) -> list[str]:

@@ -85,7 +85,7 @@ def scan_drift(conn: psycopg.Connection[Any], *, limit: int | None) -> DriftScan
     """Count checked and drifted bars, and collect up to ``limit`` drifted ids.
 
     Runs inside the caller's transaction and raises its work_mem for the rest
-    of it (see sql/queries/reconcile.sql).
+    of it (see sql/queries/drift.sql).
     """
     conn.execute(query("set_work_mem"))
     row = conn.execute(query("drift_scan"), {"limit": limit}).fetchone()

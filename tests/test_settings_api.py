@@ -88,7 +88,7 @@ def save(
     shortcode: str = "174379",
     active: bool = True,
     **kwargs: Any,
-) -> mpesa_sync.settings.SaveResult:
+) -> mpesa_sync.credentials.SaveResult:
     secrets = {**PLAIN, **{k: kwargs.pop(k) for k in list(kwargs) if k in PLAIN}}
     return mpesa_sync.save_settings(
         target, bar, environment, shortcode, active=active, **secrets, **kwargs

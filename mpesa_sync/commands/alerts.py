@@ -31,7 +31,7 @@ def alerts(
         db.require_schema(conn)
         found = alerts_api.list_alerts(conn, include_acknowledged=include_acknowledged)
     if output_format == "json":
-        click.echo(json.dumps([a.to_json() for a in found]))
+        click.echo(json.dumps([a.as_dict() for a in found]))
         return EXIT_OK
     if not found:
         click.echo("no alerts" if include_acknowledged else "no open alerts")

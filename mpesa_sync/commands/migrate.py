@@ -25,7 +25,7 @@ def migrate(dsn: str, create_tables: bool, output_format: str) -> int:
     """
     report = migrations.migrate(dsn, create_tables=create_tables)
     if output_format == "json":
-        click.echo(json.dumps({"applied": report.applied, "refused": report.refused}))
+        click.echo(json.dumps(report.as_dict()))
     elif report.applied:
         click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
     else:

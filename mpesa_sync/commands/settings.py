@@ -14,7 +14,7 @@ import uuid
 
 import click
 
-from mpesa_sync import daraja, db, settings
+from mpesa_sync import credentials, daraja, db
 from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_option
 from mpesa_sync.crypto import CredentialCipher
 from mpesa_sync.errors import ConfigError
@@ -39,7 +39,7 @@ def settings_group() -> None:
 @settings_group.command("set")
 @dsn_option
 @_bar_option
-@click.option("--environment", type=click.Choice(settings.ENVIRONMENTS), required=True)
+@click.option("--environment", type=click.Choice(credentials.ENVIRONMENTS), required=True)
 @click.option(
     "--shortcode", required=True, help="Business shortcode (PayBill or Till), 5-7 digits."
 )
@@ -68,7 +68,7 @@ def set_settings(
         raise click.UsageError("give --active or --inactive")
     cipher = CredentialCipher.from_env()  # before asking for secrets it could not store
     secrets = {name: _read_secret(envvar, label) for name, envvar, label in SECRET_SOURCES}
-    result = settings.save_settings(
+    result = credentials.save_settings(
         dsn,
         bar_id,
         environment,
@@ -80,7 +80,7 @@ def set_settings(
         cipher=cipher,
     )
     if output_format == "json":
-        click.echo(json.dumps(result.to_json()))
+        click.echo(json.dumps(result.as_dict()))
     else:
         click.echo(
             f"saved {result.environment} credentials for bar {result.bar_id} "
@@ -98,9 +98,9 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
     """Print a bar's M-Pesa status and credential rows, without any secret."""
     with db.connection(dsn) as conn:
         db.require_schema(conn)
-        state = settings.read_settings(conn, bar_id)
+        state = credentials.read_settings(conn, bar_id)
     if output_format == "json":
-        click.echo(json.dumps(state.to_json()))
+        click.echo(json.dumps(state.as_dict()))
         return EXIT_OK
     sync = "in sync" if state.in_sync else f"drifted, expected {flag(state.expected)}"
     click.echo(f"bar {state.bar_id}: mpesa_enabled {flag(state.mpesa_enabled)} ({sync})")
@@ -128,7 +128,7 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
 @_bar_option
 @click.option(
     "--environment",
-    type=click.Choice(settings.ENVIRONMENTS),
+    type=click.Choice(credentials.ENVIRONMENTS),
     help="Check only this environment's credentials (default: every row).",
 )
 @click.option(
@@ -176,7 +176,7 @@ def check_settings(
                 {
                     "bar_id": str(bar_id),
                     "ok": all(r.ok for r in results),
-                    "checks": [r.to_json() for r in results],
+                    "checks": [r.as_dict() for r in results],
                 }
             )
         )

@@ -1,4 +1,4 @@
-"""The settings API: save a bar's M-Pesa credentials and its status in one call.
+"""A bar's M-Pesa credentials: the settings API that saves them, and a read without secrets.
 
 :func:`save_settings` encrypts the secrets (:mod:`mpesa_sync.crypto`) and calls
 ``mpesa_sync.save_settings``, which validates, upserts the credential row and
@@ -66,7 +66,7 @@ class SaveResult:
     credential_id: uuid.UUID
     attempts: int
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             **self.__dict__,
             "bar_id": str(self.bar_id),
@@ -101,7 +101,7 @@ class BarSettings:
     def in_sync(self) -> bool:
         return self.mpesa_enabled is not None and self.mpesa_enabled == self.expected
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "bar_id": str(self.bar_id),
             "mpesa_enabled": self.mpesa_enabled,

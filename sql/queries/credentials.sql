@@ -1,4 +1,5 @@
--- The settings API: save, show and check a bar's M-Pesa credentials.
+-- A bar's M-Pesa credentials (mpesa_sync/credentials.py, mpesa_sync/daraja.py):
+-- save them through the settings API, show them, check them with Daraja.
 
 -- name: save_settings
 -- One atomic call: validates, upserts the credential row, syncs the bar

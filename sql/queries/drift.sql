@@ -1,4 +1,4 @@
--- Queries of `mpesa-sync verify` and `mpesa-sync reconcile`.
+-- Drift: the queries of `mpesa-sync verify` and `mpesa-sync reconcile`.
 --
 -- Both find drift with one set-based pass (drift_scan), and reconcile fixes it
 -- only through mpesa_sync.fix_bars_v1, the mechanism the install uses too
@@ -44,14 +44,6 @@ SELECT count(*)
 FROM mpesa_sync.alerts AS a
 WHERE a.acknowledged_at IS NULL;
 
--- name: take_reconcile_lock
--- Held by each reconcile batch until it commits, so two reconciles run at
--- once take turns batch by batch instead of waiting on each other's row locks
--- (which could deadlock and turn into spurious alerts). Taken before the lock
--- timeout is set: waiting one batch for the other reconcile is expected.
--- 1836085859 is 'mprc' in ASCII; migrate and the event ids use other keys.
-SELECT pg_advisory_xact_lock(1836085859);
-
 -- name: fix_bars
 -- The shared fix: tries the batch in one statement, retries it bar by bar when
 -- a bar refuses, records an alert for each bar that still refuses and returns
@@ -61,7 +53,7 @@ FROM mpesa_sync.fix_bars_v1(%(bar_ids)s::uuid[]) AS f;
 
 -- name: reconcile_events_since
 -- How many of the batch's bars this batch changed: fix_bars_v1 tags its
--- events with source 'reconcile', and take_reconcile_lock keeps any other
+-- events with source 'reconcile', and take_reconcile_lock (locks.sql) keeps any other
 -- reconcile's batch out until this one commits.
 SELECT count(*)
 FROM mpesa_sync.status_events AS e
