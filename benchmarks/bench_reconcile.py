@@ -27,9 +27,9 @@ from psycopg import conninfo
 from benchmarks.common import RUNS, Bench, Result, timed
 from mpesa_sync import migrations
 from mpesa_sync.queries import query
-from mpesa_sync.reconcile import reconcile
+from mpesa_sync.reconciliation import reconcile
 from mpesa_sync.resources import resource_dir
-from mpesa_sync.verify import verify
+from mpesa_sync.verification import verify
 
 DRIFT = 0.10
 

@@ -17,7 +17,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from mpesa_sync import db
-from mpesa_sync.errors import AlertNotFound, MpesaSyncError
+from mpesa_sync.errors import AlertNotFound, MpesaSyncError, first_line
 from mpesa_sync.queries import query
 
 logger = logging.getLogger(__name__)
@@ -57,12 +57,12 @@ def raise_alert(
             row = conn.execute(
                 query("raise_alert"), {"kind": kind, "bar_id": bar_id, "detail": Jsonb(detail)}
             ).fetchone()
-    except (psycopg.Error, MpesaSyncError) as exc:
+    except MpesaSyncError as exc:  # db.connection translates driver errors
         logger.error(
             "could not record a %s alert for bar %s: %s",
             kind,
             bar_id,
-            db.first_line(exc),
+            first_line(exc),
             extra={"action": "alert_failed"},
         )
         return None

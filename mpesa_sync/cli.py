@@ -1,36 +1,96 @@
 """The `mpesa-sync` command.
 
 Each subcommand is a small handler in ``mpesa_sync/commands/`` that calls the
-library. This module owns what they share: logging to stderr, and one catch
-that turns every failure into a single line and a documented exit code.
+library. A handler's module is imported only when that command runs (see
+:data:`COMMANDS`): ``mpesa-sync --help`` loads click and nothing of the
+library, and ``verify`` never loads the relay's web stack or yoyo.
 
-Exit codes: 0 ok; 1 drift found or partial failure; 2 error (bad input,
-unreachable database, schema not installed).
+This module owns what the commands share: logging to stderr, and the one
+catch that turns every failure into a single line and an exit code. The exit
+codes live here and in :mod:`mpesa_sync.commands`, never in the library.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import click
-import psycopg
 
 from mpesa_sync import __version__
-from mpesa_sync.commands import EXIT_ERROR, EXIT_OK
-from mpesa_sync.commands import alerts as alerts_commands
-from mpesa_sync.commands import migrate as migrate_commands
-from mpesa_sync.commands import reconcile as reconcile_commands
-from mpesa_sync.commands import relay as relay_commands
-from mpesa_sync.commands import settings as settings_commands
-from mpesa_sync.db import first_line
+from mpesa_sync.commands import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from mpesa_sync.errors import MpesaSyncError
 
 logger = logging.getLogger("mpesa_sync")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommand(NamedTuple):
+    module: str
+    attribute: str
+    # What `mpesa-sync --help` lists, so that listing imports no command; it is
+    # the first sentence of the command's docstring (tests/test_units.py).
+    summary: str
+
+
+COMMANDS = {
+    "alerts": LazyCommand(
+        "mpesa_sync.commands.alerts",
+        "alerts",
+        "List open alerts (every alert with --all); `alerts ack ID` acknowledges one.",
+    ),
+    "migrate": LazyCommand(
+        "mpesa_sync.commands.migrate", "migrate", "Apply the pending migrations."
+    ),
+    "reconcile": LazyCommand(
+        "mpesa_sync.commands.reconcile", "reconcile", "Fix every drifted bar, then check again."
+    ),
+    "relay": LazyCommand(
+        "mpesa_sync.commands.relay",
+        "relay",
+        "Relay every mpesa_status event: one JSON line per event on stdout.",
+    ),
+    "rollback": LazyCommand(
+        "mpesa_sync.commands.migrate",
+        "rollback",
+        "Undo the newest migration (or --steps N, or --all).",
+    ),
+    "settings": LazyCommand(
+        "mpesa_sync.commands.settings",
+        "settings_group",
+        "Save, show and check a bar's M-Pesa credentials.",
+    ),
+    "verify": LazyCommand("mpesa_sync.commands.verify", "verify", "Check every bar, read-only."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when the command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(entry.module), entry.attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own layout, from the summaries rather than the real commands:
+        # a stand-in command shortens each summary the way click would.
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [
+            (name, click.Command(name, help=COMMANDS[name].summary).get_short_help_str(limit))
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mpesa-sync")
 @click.option(
     "--log-level",
@@ -56,16 +116,6 @@ def cli(log_level: str) -> None:
     logging.getLogger("yoyo").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-for command in (
-    *migrate_commands.COMMANDS,
-    *reconcile_commands.COMMANDS,
-    *relay_commands.COMMANDS,
-    *settings_commands.COMMANDS,
-    *alerts_commands.COMMANDS,
-):
-    cli.add_command(command)
-
-
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI; every failure ends as one line on stderr and an exit code."""
     try:
@@ -79,12 +129,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.Abort:
         _fail("aborted", EXIT_ERROR)
     except MpesaSyncError as exc:
-        _fail(str(exc), exc.exit_code)
-    except psycopg.Error as exc:
-        state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-        _fail(f"database error: {first_line(exc)}{state}", EXIT_ERROR)
+        # One line for the operator; with --log-level debug, the whole chain
+        # down to the driver's error.
+        logger.debug("%s failed", type(exc).__name__, exc_info=exc)
+        _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -53,8 +53,8 @@ class CredentialCipher:
             )
         try:
             key = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(f"{KEY_ENV} is not valid base64") from None
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError(f"{KEY_ENV} is not valid base64") from exc
         return cls(key)
 
     def encrypt(self, plaintext: str, *, field_name: str, bar_id: uuid.UUID) -> bytes:
@@ -74,11 +74,11 @@ class CredentialCipher:
         nonce, sealed = stored[1 : 1 + _NONCE_BYTES], stored[1 + _NONCE_BYTES :]
         try:
             plain = AESGCM(self.key).decrypt(nonce, sealed, _associated_data(field_name, bar_id))
-        except InvalidTag:
+        except InvalidTag as exc:
             raise DecryptionFailed(
                 f"{field_name} of bar {bar_id} does not decrypt with {KEY_ENV} "
                 "(another key, or a value copied from another field or bar)"
-            ) from None
+            ) from exc
         return plain.decode()
 
 

@@ -91,7 +91,7 @@ def _oauth_check(
     except httpx.HTTPError as exc:
         raise DarajaUnavailable(
             f"cannot reach Daraja at {base_url}: {type(exc).__name__}: {exc}"
-        ) from None
+        ) from exc
     ok = response.status_code == 200 and _has_token(response)
     if ok:
         message = "credentials accepted"

@@ -1,8 +1,22 @@
-"""Connections, and the one place where driver errors become ours."""
+"""Connections, and the one place where driver errors become ours.
+
+Library code talks to PostgreSQL through :func:`connection` (or
+:func:`connect` / :func:`connect_async`), and a psycopg error that leaves
+them comes out as an :mod:`mpesa_sync.errors` class with the driver's error
+chained as its ``__cause__``:
+
+- a DSN that does not parse: ConfigError;
+- a server that cannot be reached, or a connection lost on the way:
+  DatabaseUnavailable;
+- any other refusal: DatabaseError, with its ``sqlstate``.
+
+Two callers map driver errors themselves, on purpose: the settings API
+(:mod:`mpesa_sync.credentials`, which must not chain an error that could
+quote a secret) and the relay (which reconnects instead of failing).
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,10 +24,16 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from mpesa_sync.errors import DatabaseUnavailable, SchemaNotInstalled
+from mpesa_sync.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailable,
+    MpesaSyncError,
+    SchemaNotInstalled,
+    first_line,
+    with_sqlstate,
+)
 from mpesa_sync.queries import query
-
-logger = logging.getLogger(__name__)
 
 # Keepalives notice a dead peer within about a minute even on an idle
 # connection, which matters for the long-lived LISTEN connection.
@@ -36,37 +56,66 @@ def connect_kwargs(**kwargs: Any) -> dict[str, Any]:
 
 
 def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open a connection, or raise DatabaseUnavailable with one clear line."""
-    with _connect_errors(dsn):
+    """Open a connection, or raise ConfigError / DatabaseUnavailable with one clear line."""
+    try:
         return psycopg.connect(dsn, autocommit=autocommit, **connect_kwargs(**kwargs))
+    except psycopg.Error as exc:
+        raise connect_failed(dsn, exc) from exc
 
 
 async def connect_async(
     dsn: str, *, autocommit: bool = False, **kwargs: Any
 ) -> psycopg.AsyncConnection[Any]:
     """:func:`connect` for asyncio (the relay)."""
-    with _connect_errors(dsn):
+    try:
         return await psycopg.AsyncConnection.connect(
             dsn, autocommit=autocommit, **connect_kwargs(**kwargs)
         )
-
-
-@contextmanager
-def _connect_errors(dsn: str) -> Iterator[None]:
-    try:
-        yield
-    except psycopg.ProgrammingError as exc:  # a DSN that does not parse
-        raise DatabaseUnavailable(f"invalid DSN: {first_line(exc)}") from None
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to {describe(dsn)}: {first_line(exc)}") from None
+    except psycopg.Error as exc:
+        raise connect_failed(dsn, exc) from exc
 
 
 @contextmanager
 def connection(dsn: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
-    """A connection that is closed on exit (and committed unless autocommit)."""
+    """A connection that is closed on exit (and committed unless autocommit).
+
+    A driver error inside the block, or at its commit, leaves as ours.
+    """
     conn = connect(dsn, autocommit=autocommit)
-    with conn:
+    with translated(dsn), conn:
         yield conn
+
+
+@contextmanager
+def translated(dsn: str) -> Iterator[None]:
+    """Turn a psycopg error raised inside the block into ours, chaining it."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc, dsn) from exc
+
+
+def translate(exc: psycopg.Error, dsn: str) -> MpesaSyncError:
+    """Our error for a driver error raised on an open connection to ``dsn``."""
+    state = exc.sqlstate
+    # No SQLSTATE: the driver lost the socket. 08: connection exceptions.
+    # 57P0x: the server is shutting down or killed the backend.
+    if state is None or state.startswith(("08", "57P0")):
+        return DatabaseUnavailable(
+            with_sqlstate(f"lost the connection to {describe(dsn)}: {first_line(exc)}", state)
+        )
+    return DatabaseError(with_sqlstate(f"database error: {first_line(exc)}", state), sqlstate=state)
+
+
+def connect_failed(dsn: str, exc: psycopg.Error) -> MpesaSyncError:
+    """Our error for a failed connect: the DSN does not parse, or the server cannot be reached."""
+    if isinstance(exc, psycopg.ProgrammingError):
+        return invalid_dsn(exc)
+    return DatabaseUnavailable(f"cannot connect to {describe(dsn)}: {first_line(exc)}")
+
+
+def invalid_dsn(exc: psycopg.Error) -> ConfigError:
+    return ConfigError(f"invalid DSN: {first_line(exc)}")
 
 
 def describe(dsn: str) -> str:
@@ -81,18 +130,25 @@ def describe(dsn: str) -> str:
     return f"database {dbname!r} at {host}:{port}"
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def set_lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
     """``SET LOCAL lock_timeout`` for the current transaction, in whole milliseconds."""
     conn.execute(query("set_lock_timeout"), {"lock_timeout": f"{max(1, round(seconds * 1000))}ms"})
 
 
+def schema_installed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the migrations that create the sync functions have been applied."""
+    row = conn.execute(query("schema_installed")).fetchone()
+    return bool(row and row[0])
+
+
 def require_schema(conn: psycopg.Connection[Any]) -> None:
     """Raise SchemaNotInstalled unless the migrations have been applied."""
-    row = conn.execute(query("schema_installed")).fetchone()
-    if not row or not row[0]:
+    if not schema_installed(conn):
+        raise SchemaNotInstalled()
+
+
+async def require_schema_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`require_schema` for asyncio (the relay's start)."""
+    row = await (await conn.execute(query("schema_installed"))).fetchone()
+    if not (row and row[0]):
         raise SchemaNotInstalled()

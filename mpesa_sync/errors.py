@@ -1,7 +1,13 @@
-"""Every error mpesa-sync raises on purpose derives from MpesaSyncError.
+"""Every error mpesa-sync raises derives from :class:`MpesaSyncError`.
 
-The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``;
-nothing here may carry a credential field in its message.
+A class's docstring is its default message. Messages are one line and never
+carry a credential field. Driver errors become these classes in one place,
+:mod:`mpesa_sync.db`, with the driver's error chained as ``__cause__`` (the
+settings API is the one exception, for its secrets: see
+:mod:`mpesa_sync.credentials`). Exit codes are the command line's business
+(:mod:`mpesa_sync.cli`), not these classes'.
+
+This module imports nothing heavy: the CLI's error boundary loads it on every run.
 """
 
 from __future__ import annotations
@@ -9,8 +15,6 @@ from __future__ import annotations
 
 class MpesaSyncError(Exception):
     """mpesa-sync failed."""
-
-    exit_code = 2
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.__doc__)
@@ -22,6 +26,18 @@ class ConfigError(MpesaSyncError):
 
 class DatabaseUnavailable(MpesaSyncError):
     """The database could not be reached."""
+
+
+class DatabaseError(MpesaSyncError):
+    """The database refused a statement.
+
+    ``sqlstate`` is the server's code (None when it sent none); the driver's
+    own error, one class per SQLSTATE (``psycopg.errors``), is ``__cause__``.
+    """
+
+    def __init__(self, message: str | None = None, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class SchemaNotInstalled(MpesaSyncError):
@@ -77,3 +93,18 @@ class DecryptionFailed(MpesaSyncError):
 
 class DarajaUnavailable(MpesaSyncError):
     """The Daraja API could not be reached."""
+
+
+class SubscriptionLagged(MpesaSyncError):
+    """The subscriber fell more than the relay's backlog behind and was dropped."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a driver's DETAIL and HINT stay behind)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def with_sqlstate(text: str, sqlstate: str | None) -> str:
+    """``text (SQLSTATE 23514)``, or ``text`` when there is no SQLSTATE."""
+    return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text

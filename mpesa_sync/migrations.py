@@ -13,12 +13,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
 from mpesa_sync import db
-from mpesa_sync.errors import (
-    ConfigError,
-    DatabaseUnavailable,
-    HostSchemaMissing,
-    MigrationError,
-)
+from mpesa_sync.errors import HostSchemaMissing, MigrationError, first_line, with_sqlstate
 from mpesa_sync.queries import query
 from mpesa_sync.resources import resource_dir
 
@@ -45,7 +40,7 @@ def yoyo_url(dsn: str) -> str:
     try:
         info = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid DSN: {db.first_line(exc)}") from None
+        raise db.invalid_dsn(exc) from exc
     user = info.pop("user", None)
     password = info.pop("password", None)
     host = info.pop("host", None)
@@ -91,8 +86,9 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
             )
         conn.execute(query("take_migrate_lock"))
         try:
-            installed = bool(conn.execute(query("schema_installed")).fetchone()[0])  # type: ignore[index]
-            last_alert = conn.execute(query("last_alert_id")).fetchone()[0] if installed else 0  # type: ignore[index]
+            last_alert = 0
+            if db.schema_installed(conn):
+                last_alert = conn.execute(query("last_alert_id")).fetchone()[0]  # type: ignore[index]
             report.applied = _apply(dsn)
             if report.applied:
                 rows = conn.execute(query("alerts_since"), {"after": last_alert}).fetchall()
@@ -140,10 +136,8 @@ class _backend:
         url = yoyo_url(dsn)
         try:
             self.backend = get_backend(url)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to {db.describe(dsn)}: {db.first_line(exc)}"
-            ) from None
+        except psycopg.Error as exc:
+            raise db.connect_failed(dsn, exc) from exc
 
     def __enter__(self) -> Any:
         return self.backend
@@ -159,11 +153,11 @@ class _locked:
     def __enter__(self) -> None:
         try:
             self.lock.__enter__()
-        except LockTimeout:
+        except LockTimeout as exc:
             raise MigrationError(
                 "another yoyo run holds the migration lock; "
                 "if no run is active, clear it with `yoyo break-lock`"
-            ) from None
+            ) from exc
 
     def __exit__(self, *exc: Any) -> None:
         self.lock.__exit__(*exc)
@@ -173,5 +167,5 @@ def _run(step: Any, migrations: Any) -> None:
     try:
         step(migrations)
     except psycopg.Error as exc:
-        state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-        raise MigrationError(f"migration failed: {db.first_line(exc)}{state}") from exc
+        message = with_sqlstate(f"migration failed: {first_line(exc)}", exc.sqlstate)
+        raise MigrationError(message) from exc

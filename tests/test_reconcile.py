@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mpesa_sync import reconcile
+from mpesa_sync import reconciliation
 from mpesa_sync.errors import ConfigError
 from tests.helpers import Database, run_cli, run_module
 
@@ -169,11 +169,11 @@ def test_bar_locked_past_the_lock_timeout_is_reported(db: Database) -> None:
     _flip_behind_triggers(db, bars)
     with db.connect(autocommit=False) as holder:
         holder.execute("SELECT 1 FROM bars WHERE id = %s FOR UPDATE", (bars[0],))
-        report = reconcile.reconcile(db.dsn, lock_timeout=0.2)
+        report = reconciliation.reconcile(db.dsn, lock_timeout=0.2)
     assert [(f.bar_id, f.sqlstate) for f in report.failed] == [(bars[0], "55P03")]
     assert (report.fixed, report.remaining, report.ok) == (2, 1, False)
 
-    assert reconcile.reconcile(db.dsn).ok  # the lock is gone: the next run fixes it
+    assert reconciliation.reconcile(db.dsn).ok  # the lock is gone: the next run fixes it
     assert db.drift() == []
 
 
@@ -184,13 +184,13 @@ def test_stale_value_never_overwrites_a_newer_credential_change(db: Database) ->
     [bar] = _bars(db, 1)
     db.force_enabled(bar, False)  # drifted: expected true
     setup_events = len(db.events())
-    reports: list[reconcile.ReconcileReport] = []
+    reports: list[reconciliation.ReconcileReport] = []
     with db.connect(autocommit=False) as staff:
         staff.execute(
             "UPDATE mpesa_credentials SET is_active = false WHERE tenant_id = %s", (bar,)
         )  # its trigger holds the bar's row lock until commit
         worker = threading.Thread(
-            target=lambda: reports.append(reconcile.reconcile(db.dsn, lock_timeout=30))
+            target=lambda: reports.append(reconciliation.reconcile(db.dsn, lock_timeout=30))
         )
         worker.start()
         _wait_for(lambda: _lock_waiters(db) == 1, "reconcile to wait on the bar's lock")
@@ -207,12 +207,12 @@ def test_stale_value_never_overwrites_a_newer_credential_change(db: Database) ->
 def test_two_reconciles_at_once_do_no_harm(db: Database) -> None:
     bars = _bars(db, 300)
     _flip_behind_triggers(db, bars[::2])
-    reports: list[reconcile.ReconcileReport] = []
+    reports: list[reconciliation.ReconcileReport] = []
     start = threading.Barrier(2)
 
     def run() -> None:
         start.wait()
-        reports.append(reconcile.reconcile(db.dsn, batch_size=10))
+        reports.append(reconciliation.reconcile(db.dsn, batch_size=10))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
@@ -258,7 +258,7 @@ def test_reconcile_racing_staff_writes_ends_without_drift(db: Database) -> None:
         thread.start()
     try:
         _wait_for(lambda: writes[0] >= 20, "staff writes to start")
-        report = reconcile.reconcile(db.dsn, batch_size=5)
+        report = reconciliation.reconcile(db.dsn, batch_size=5)
     finally:
         stop.set()
         for thread in threads:
@@ -372,4 +372,4 @@ def test_secrets_never_reach_the_output(db: Database) -> None:
 
 def test_library_refuses_a_non_positive_batch_size(db: Database) -> None:
     with pytest.raises(ConfigError, match="batch size must be at least 1"):
-        reconcile.reconcile(db.dsn, batch_size=0)
+        reconciliation.reconcile(db.dsn, batch_size=0)

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mpesa_sync import db as mpesa_db
-from mpesa_sync import verify
+from mpesa_sync import verification
 from tests.helpers import Database, run_cli
 
 
@@ -124,7 +124,7 @@ def test_runs_in_one_read_only_snapshot(db: Database, monkeypatch: pytest.Monkey
         return conn
 
     monkeypatch.setattr(mpesa_db, "connect", spy)
-    verify.verify(db.dsn)
+    verification.verify(db.dsn)
 
     [conn] = seen
     assert conn.read_only is True
@@ -157,7 +157,7 @@ def test_set_based_scan_agrees_with_bar_status_v1(db: Database) -> None:
         db.force_enabled(bar, forced)
 
     with psycopg.connect(db.dsn) as conn:
-        scan = verify.scan_drift(conn, limit=None)
+        scan = verification.scan_drift(conn, limit=None)
     expected = {row["bar_id"] for row in db.drift()}
     assert (scan.checked, scan.drifted) == (len(cases), len(expected))
     assert set(scan.sample) == expected

@@ -1,4 +1,9 @@
-"""Subcommands of `mpesa-sync`, and what they share: options, exit codes, formatting."""
+"""Subcommands of `mpesa-sync`, and what they share: options, exit codes, formatting.
+
+One module per command (``migrate`` holds ``rollback`` too), each imported
+only when its command runs (``mpesa_sync.cli.COMMANDS``); so this module
+imports click and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The documented exit codes (README, "Command line").
+# The documented exit codes (docs/operating.md, "Exit codes"). The library
+# raises MpesaSyncError subclasses; only the CLI turns them into a code.
 EXIT_OK = 0
 EXIT_DRIFT = 1  # drift found, or a partial failure
 EXIT_ERROR = 2  # bad input, unreachable database, schema not installed
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 DSN_HELP = "libpq connection string or URL (env MPESA_SYNC_DSN)."
 

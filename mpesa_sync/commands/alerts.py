@@ -66,6 +66,3 @@ def ack(ctx: click.Context, alert_id: int, dsn: str | None) -> int:
         else f"alert {alert.id} was already acknowledged at {when}"
     )
     return EXIT_OK
-
-
-COMMANDS = (alerts,)

@@ -50,6 +50,3 @@ def rollback(dsn: str, steps: int | None, undo_all: bool) -> int:
     undone = migrations.rollback(dsn, count=None if undo_all else (steps or 1))
     click.echo(f"rolled back {len(undone)} migration(s): {', '.join(undone) or '-'}")
     return EXIT_OK
-
-
-COMMANDS = (migrate, rollback)

@@ -198,6 +198,3 @@ def _read_secret(envvar: str, label: str) -> str:
             f"{label.lower()} missing: set {envvar}, or run on a terminal to be asked for it"
         )
     return str(click.prompt(label, hide_input=True))
-
-
-COMMANDS = (settings_group,)

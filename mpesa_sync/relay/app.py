@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mpesa_sync import db
+from mpesa_sync.errors import first_line
 from mpesa_sync.queries import query
 from mpesa_sync.relay.listener import Relay
 from mpesa_sync.relay.sse import EventStream, heartbeat, parse_bar_id
@@ -133,7 +134,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _database_error(request: Request, exc: Exception) -> Response:
     logger.warning(
         "request failed: database unavailable (%s)",
-        db.first_line(exc),
+        first_line(exc),
         extra={"action": "http_database_unavailable"},
     )
     return JSONResponse({"error": "database unavailable"}, status_code=503)

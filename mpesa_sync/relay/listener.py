@@ -43,7 +43,7 @@ from uuid import UUID
 import psycopg
 
 from mpesa_sync import db
-from mpesa_sync.errors import ConfigError, MpesaSyncError, SchemaNotInstalled
+from mpesa_sync.errors import ConfigError, MpesaSyncError, SubscriptionLagged, first_line
 from mpesa_sync.queries import query
 from mpesa_sync.relay.events import StatusEvent, payload_event_id
 
@@ -56,10 +56,6 @@ MAX_EVENT_ID = 2**63 - 1
 PAGE_SIZE = 1000  # events per catch-up or replay query
 
 Sink = Callable[[StatusEvent], None]
-
-
-class SubscriptionLagged(Exception):
-    """The subscriber fell more than the backlog behind and was dropped."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +103,9 @@ class Relay:
         """
         conn = await self._connect()
         try:
-            row = await (await conn.execute(query("schema_installed"))).fetchone()
-            if not row or not row[0]:
-                raise SchemaNotInstalled()
-            row = await (await conn.execute(query("newest_event_id"))).fetchone()
+            with db.translated(self.dsn):
+                await db.require_schema_async(conn)
+                row = await (await conn.execute(query("newest_event_id"))).fetchone()
             newest = int(row[0]) if row else 0
             if self._since is not None and self._since > newest:
                 raise ConfigError(
@@ -148,7 +143,7 @@ class Relay:
                     delay = backoff.next()
                     logger.warning(
                         "database connection lost (%s); reconnecting in %.1f s",
-                        db.first_line(exc),
+                        first_line(exc),
                         delay,
                         extra={"action": "relay_reconnect"},
                     )
@@ -216,7 +211,8 @@ class Relay:
         try:
             # LISTEN before the first read: a commit after this point is
             # announced, one before it is in the read.
-            await conn.execute(query("relay_listen"))
+            with db.translated(self.dsn):
+                await conn.execute(query("relay_listen"))
         except BaseException:
             await conn.close()
             raise

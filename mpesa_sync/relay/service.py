@@ -150,7 +150,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
         if sock is not None:
             sock.close()
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot listen on {_netloc(host, port)}: {reason}") from None
+        raise ConfigError(f"cannot listen on {_netloc(host, port)}: {reason}") from exc
     sock.setblocking(False)
     return sock
 

@@ -29,7 +29,7 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from mpesa_sync import db
+from mpesa_sync.errors import SubscriptionLagged, first_line
 from mpesa_sync.queries import query
 from mpesa_sync.relay.events import StatusEvent
 from mpesa_sync.relay.listener import (
@@ -37,7 +37,6 @@ from mpesa_sync.relay.listener import (
     PAGE_SIZE,
     Relay,
     Subscription,
-    SubscriptionLagged,
 )
 
 logger = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class EventStream:
         except (PoolTimeout, psycopg.OperationalError) as exc:
             logger.warning(
                 "SSE replay failed (%s); the client resumes with Last-Event-ID",
-                db.first_line(exc),
+                first_line(exc),
                 extra={"action": "sse_replay_failed"},
             )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -134,8 +133,8 @@ def parse_bar_id(value: str | None) -> UUID | None:
         return None
     try:
         return UUID(value)
-    except ValueError:
-        raise HTTPException(400, f"malformed bar id {value[:64]!r}: expected a UUID") from None
+    except ValueError as exc:
+        raise HTTPException(400, f"malformed bar id {value[:64]!r}: expected a UUID") from exc
 
 
 def parse_last_event_id(value: str | None) -> int | None:

@@ -146,5 +146,5 @@ def write_prometheus(report: VerifyReport, path: Path) -> None:
     try:
         write_to_textfile(str(path), registry)
     except OSError as exc:
-        raise ConfigError(f"cannot write the Prometheus file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot write the Prometheus file {path}: {exc.strerror}") from exc
     logger.debug("wrote %s", path, extra={"action": "verify_prometheus"})

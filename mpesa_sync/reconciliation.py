@@ -27,7 +27,7 @@ import psycopg
 from mpesa_sync import db
 from mpesa_sync.errors import ConfigError
 from mpesa_sync.queries import query
-from mpesa_sync.verify import scan_drift
+from mpesa_sync.verification import scan_drift
 
 logger = logging.getLogger(__name__)
 
