@@ -11,7 +11,7 @@ from mpesa_sync.commands import EXIT_OK, dsn_option
 from mpesa_sync.relay import service as relay_service
 
 
-class HostPort(click.ParamType):
+class HostPort(click.ParamType[tuple[str, int]]):
     """HOST:PORT, with [::1]:PORT for IPv6; port 0 picks a free port."""
 
     name = "HOST:PORT"
@@ -20,7 +20,7 @@ class HostPort(click.ParamType):
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> tuple[str, int]:
         if isinstance(value, tuple):
-            return value  # type: ignore[return-value]
+            return value
         text = str(value)
         host, sep, port = text.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
@@ -61,6 +61,3 @@ def relay(
     with asyncio.Runner(loop_factory=relay_service.loop_factory()) as runner:
         runner.run(relay_service.serve(dsn, http=http_address, since=since, bar_id=bar_id))
     return EXIT_OK
-
-
-COMMANDS = (relay,)

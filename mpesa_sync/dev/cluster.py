@@ -143,11 +143,9 @@ class Cluster:
         return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
 
     def _run(self, tool: str, *args: str) -> None:
-        kwargs = {}
-        if self._user:
-            kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        user = self._user
         env = {**os.environ, "LC_ALL": "C"}
-        if self._user:
+        if user:
             env["HOME"] = str(self._root)
         result = subprocess.run(
             [str(self.bindir / tool), *args],
@@ -156,7 +154,9 @@ class Cluster:
             env=env,
             cwd=self._root,
             check=False,
-            **kwargs,
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
         if result.returncode != 0:
             raise subprocess.CalledProcessError(
