@@ -113,7 +113,7 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
 def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
     """Roll back the newest ``count`` applied migrations (all when None)."""
     migrations = read_migrations(str(resource_dir("migrations")))
-    with _backend(dsn) as backend, _locked(backend):
+    with db.translated(dsn), _backend(dsn) as backend, _locked(backend):
         to_rollback = backend.to_rollback(migrations)
         if count is not None:
             to_rollback = to_rollback[:count]

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from mpesa_sync import db
 from mpesa_sync.errors import ConfigError
@@ -126,6 +125,10 @@ def write_prometheus(report: VerifyReport, path: Path) -> None:
     prometheus_client writes a temporary file beside ``path`` and renames it,
     so the collector never reads half a file.
     """
+    # Imported here: only --prometheus-file needs it, and it costs a verify
+    # run from cron about a tenth of a second to load.
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
     registry = CollectorRegistry()
     gauges = (
         (
