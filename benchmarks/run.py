@@ -22,7 +22,7 @@ from psycopg import conninfo
 from benchmarks.common import RUNS, Bench, Result, scale_from_env
 from mpesa_sync.dev.cluster import Cluster, embedded_bindir
 
-MODULES = ("bench_sync", "bench_reconcile", "bench_relay")
+MODULES = ("bench_sync", "bench_reconcile", "bench_relay", "bench_cli")
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
 
