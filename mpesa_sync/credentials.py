@@ -326,8 +326,11 @@ def _bar_uuid(bar_id: uuid.UUID | str) -> uuid.UUID:
         return bar_id
     try:
         return uuid.UUID(str(bar_id))
-    except ValueError as exc:
-        raise InvalidSettings("invalid bar_id: not a UUID", field="bar_id") from exc
+    except ValueError:
+        pass
+    # Raised outside the except block, as every error of the settings API: no
+    # cause and no context rides along (see save_settings).
+    raise InvalidSettings("invalid bar_id: not a UUID", field="bar_id")
 
 
 def _secret(name: str, value: str | None) -> str:

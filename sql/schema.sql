@@ -2,7 +2,7 @@
 --
 -- This file is the readable statement of what an installed database holds in
 -- schema mpesa_sync and on the host's tables. migrations/ holds how a live
--- database gets here; tests/test_schema.py builds one database from this file
+-- database gets here; tests/test_migrations.py builds one database from this file
 -- and one from the migrations and asserts their catalogs are identical.
 --
 -- The rule kept by everything below:

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from mpesa_sync import alerts
-from tests.helpers import Database, run_cli
+from tests.support.cli import assert_one_line_error, run_cli
+from tests.support.database import Database
 
 NO_DSN = {"MPESA_SYNC_DSN": None}
 
@@ -96,8 +97,7 @@ def test_ack_errors_are_one_line_and_exit_2(db: Database, args: list[str], needl
     alert = alerts.raise_alert(db.dsn, "fix_refused", None, {})
     result = run_cli("alerts", *args, "--dsn", db.dsn, env=NO_DSN)
     assert result.code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mpesa-sync: error: ") and needle in lines[0]
+    assert_one_line_error(result.stderr, needle)
     assert (
         db.scalar("SELECT acknowledged_at FROM mpesa_sync.alerts WHERE id = %s", (alert,)) is None
     )

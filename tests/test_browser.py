@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from tests.helpers import Database
-from tests.test_relay import RelayProcess, set_active
+from tests.support.database import Database
+from tests.support.relay import RelayProcess, set_active
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from tests.helpers import DRIFT_SQL, Database
+from tests.support.database import DRIFT_SQL, Database
 
 WRITERS = 12
 OPS_PER_WRITER = 200

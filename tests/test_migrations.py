@@ -8,16 +8,14 @@ import sys
 import threading
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from mpesa_sync import migrations
 from mpesa_sync.errors import HostSchemaMissing
 from mpesa_sync.resources import resource_dir
-from tests.catalog import describe, table_data
-from tests.conftest import HOST_TEMPLATE, _create_database, _drop_database
-from tests.helpers import Database, run_module
+from tests.support.catalog import describe, table_data
+from tests.support.cli import assert_one_line_error, run_module
+from tests.support.database import HOST_TEMPLATE, Database, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_MIGRATIONS = sorted(
@@ -25,20 +23,12 @@ ALL_MIGRATIONS = sorted(
 )
 
 
-cli = run_module
-
-
 def test_schema_sql_and_migrations_build_the_same_schema(server, host_db: Database) -> None:
     from_migrations = host_db
     migrations.migrate(from_migrations.dsn)
-    name = "from_schema_" + host_db.name
-    _create_database(server, name, HOST_TEMPLATE)
-    try:
-        from_schema = Database(server, name)
+    with fresh_database(server, HOST_TEMPLATE, prefix="from_schema") as from_schema:
         from_schema.execute(resource_dir("sql").joinpath("schema.sql").read_text())
         assert describe(from_schema.dsn) == describe(from_migrations.dsn)
-    finally:
-        _drop_database(server, name)
 
 
 def test_second_migrate_is_a_noop(host_db: Database) -> None:
@@ -173,18 +163,17 @@ def test_migrate_cli_reports_refused_bars_with_exit_1(host_db: Database) -> None
     host_db.add_bar("checked", mpesa_enabled=True)
     host_db.execute("""ALTER TABLE bars ADD CONSTRAINT host_keep_on
                        CHECK (mpesa_enabled IS NOT FALSE) NOT VALID""")
-    result = cli("migrate", "--dsn", host_db.dsn)
+    result = run_module("migrate", "--dsn", host_db.dsn)
     assert result.returncode == 1, result.stderr
     assert "refused its status fix" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_empty_database_is_refused_without_create_tables(empty_db: Database) -> None:
-    result = cli("migrate", "--dsn", empty_db.dsn)
+    result = run_module("migrate", "--dsn", empty_db.dsn)
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines == [lines[0]] and "has no table public.bars" in lines[0]
-    assert "--create-tables" in lines[0]
+    assert_one_line_error(result.stderr, "has no table public.bars")
+    assert "--create-tables" in result.stderr
     assert empty_db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
     assert empty_db.scalar("SELECT to_regnamespace('mpesa_sync')") is None
     with pytest.raises(HostSchemaMissing):
@@ -192,7 +181,7 @@ def test_empty_database_is_refused_without_create_tables(empty_db: Database) -> 
 
 
 def test_create_tables_installs_on_a_new_database(empty_db: Database) -> None:
-    result = cli("migrate", "--dsn", empty_db.dsn, "--create-tables")
+    result = run_module("migrate", "--dsn", empty_db.dsn, "--create-tables")
     assert result.returncode == 0, result.stderr
     bar = empty_db.add_bar()
     empty_db.add_credentials(bar)
@@ -233,36 +222,19 @@ def test_rollback_keeps_created_tables_that_hold_data(empty_db: Database) -> Non
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MPESA_SYNC_DSN"}
-    result = cli(*args, env=env)
+    result = run_module(*args, env=env)
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0]
-    assert lines[0].startswith("mpesa-sync: error: ")
+    assert_one_line_error(result.stderr, needle)
 
 
 def test_dsn_comes_from_the_environment(host_db: Database) -> None:
     env = {**os.environ, "MPESA_SYNC_DSN": host_db.dsn}
-    result = cli("migrate", env=env)
+    result = run_module("migrate", env=env)
     assert result.returncode == 0, result.stderr
     assert f"applied {len(ALL_MIGRATIONS)} migration(s)" in result.stdout
 
 
-def test_yoyo_url_round_trips_awkward_dsns() -> None:
-    url = migrations.yoyo_url("host=/var/run/postgresql port=5433 dbname=app user=me password=p@ss")
-    assert url == ("postgresql+psycopg://me:p%40ss@/app?host=%2Fvar%2Frun%2Fpostgresql&port=5433")
-    assert migrations.yoyo_url("postgresql://u@db.example:6543/x?sslmode=require") == (
-        "postgresql+psycopg://u@db.example:6543/x?sslmode=require"
-    )
-
-
 def test_password_never_in_errors() -> None:
-    result = cli("migrate", "--dsn", "postgresql://me:hunter2secret@127.0.0.1:1/db")
+    result = run_module("migrate", "--dsn", "postgresql://me:hunter2secret@127.0.0.1:1/db")
     assert result.returncode == 2
     assert "hunter2secret" not in result.stderr + result.stdout
-
-
-def test_identifiers_are_quoted_in_test_helpers() -> None:
-    # Guards the fixture helpers against database names that need quoting.
-    assert sql.Identifier("test_abc").as_string(None) == '"test_abc"'
-    assert psycopg.__version__ >= "3.2"

@@ -14,7 +14,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Database
+from tests.support.database import Database
 
 N_BARS = 4
 ENVS = ("sandbox", "production")

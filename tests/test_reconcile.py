@@ -4,23 +4,18 @@ what refuses, re-checks, and is safe beside live writes and other reconciles."""
 from __future__ import annotations
 
 import json
-import os
-import pty
 import random
-import select
-import subprocess
-import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from mpesa_sync import reconciliation
 from mpesa_sync.errors import ConfigError
-from tests.helpers import Database, run_cli, run_module
+from tests.support.cli import run_cli, run_module, run_on_terminal
+from tests.support.database import Database
+from tests.support.waiting import wait_for
 
 REPORT_KEYS = {"consistent", "dry_run", "checked", "drifted", "fixed", "failed", "remaining"}
 
@@ -55,14 +50,6 @@ def _state(db: Database) -> list[list[dict[str, Any]]]:
         db.query("SELECT * FROM mpesa_sync.status_events ORDER BY event_id"),
         db.query("SELECT * FROM mpesa_sync.alerts ORDER BY id"),
     ]
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _lock_waiters(db: Database) -> int:
@@ -193,7 +180,7 @@ def test_stale_value_never_overwrites_a_newer_credential_change(db: Database) ->
             target=lambda: reports.append(reconciliation.reconcile(db.dsn, lock_timeout=30))
         )
         worker.start()
-        _wait_for(lambda: _lock_waiters(db) == 1, "reconcile to wait on the bar's lock")
+        wait_for("reconcile to wait on the bar's lock", lambda: _lock_waiters(db) == 1)
         staff.commit()
     worker.join(timeout=30)
 
@@ -257,7 +244,7 @@ def test_reconcile_racing_staff_writes_ends_without_drift(db: Database) -> None:
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: writes[0] >= 20, "staff writes to start")
+        wait_for("staff writes to start", lambda: writes[0] >= 20)
         report = reconciliation.reconcile(db.dsn, batch_size=5)
     finally:
         stop.set()
@@ -313,43 +300,17 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
 
 def test_progress_bar_only_on_a_terminal(db: Database) -> None:
     _flip_behind_triggers(db, _bars(db, 30))
-    command = [
-        sys.executable,
-        "-m",
-        "mpesa_sync",
-        "reconcile",
-        "--dsn",
-        db.dsn,
-        "--batch-size",
-        "10",
-    ]
+    args = ["reconcile", "--dsn", db.dsn, "--batch-size", "10"]
 
-    piped = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    piped = run_module(*args, timeout=60)
     assert piped.returncode == 0, piped.stderr
     assert "fixing drifted bars" not in piped.stderr
 
     _flip_behind_triggers(db, _bars(db, 30))
-    leader, follower = pty.openpty()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=follower) as proc:
-        os.close(follower)
-        terminal = _read_all(leader)
-        assert proc.wait(timeout=60) == 0
+    code, terminal = run_on_terminal(args)
+    assert code == 0, terminal
     assert "fixing drifted bars" in terminal
     assert "100%" in terminal
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while select.select([fd], [], [], 60)[0]:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # the child closed its end of the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def test_secrets_never_reach_the_output(db: Database) -> None:

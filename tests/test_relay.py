@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import queue
-import re
 import signal
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,196 +21,30 @@ import httpx
 import pytest
 import uvicorn
 
+from mpesa_sync.errors import SubscriptionLagged
 from mpesa_sync.relay.app import create_app
-from mpesa_sync.relay.listener import (
-    APPLICATION_NAME,
-    PAGE_SIZE,
-    Relay,
-    RelayConfig,
-    SubscriptionLagged,
-)
+from mpesa_sync.relay.listener import APPLICATION_NAME, PAGE_SIZE, Relay, RelayConfig
 from mpesa_sync.relay.service import listen_socket
-from tests.helpers import Database, run_module
+from tests.support.cli import assert_one_line_error, run_module
+from tests.support.database import Database
+from tests.support.relay import (
+    RelayProcess,
+    SseReader,
+    new_events,
+    newest_event_id,
+    set_active,
+    strip_at,
+)
 
-EVENT_FIELDS = {"event_id", "bar_id", "mpesa_enabled", "source", "at"}
 SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
 
 
 # -- helpers ----------------------------------------------------------------------
 
 
-class RelayProcess:
-    """`mpesa-sync relay` in a subprocess; its output lines land in queues."""
-
-    def __init__(self, dsn: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mpesa_sync", "relay", "--dsn", dsn, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.stdout: queue.Queue[str] = queue.Queue()
-        self.stderr: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        self._pumps = [
-            threading.Thread(target=_pump, args=(stream, sink), daemon=True)
-            for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def __enter__(self) -> RelayProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for pump in self._pumps:
-            pump.join(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            assert stream is not None
-            stream.close()
-
-    def wait_log(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        """The first stderr line (not seen before) matching ``pattern``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self.stderr.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                raise AssertionError(f"no log line matching {pattern!r}; got {self.log}") from None
-            self.log.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def wait_listening(self) -> None:
-        self.wait_log(r"listening on mpesa_status")
-
-    def http_url(self) -> str:
-        return "http://" + self.wait_log(r"serving http://(\S+)/").group(1)
-
-    def events(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-        """The next ``count`` JSON lines from stdout."""
-        deadline = time.monotonic() + timeout
-        got = []
-        while len(got) < count:
-            try:
-                line = self.stdout.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"got {len(got)} of {count} events: {got}") from None
-            got.append(json.loads(line))
-        return got
-
-    def stop(self, sig: int = signal.SIGTERM) -> str:
-        """Signal the relay; assert it exits 0 promptly; return its remaining stderr."""
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        for pump in self._pumps:
-            pump.join(10)
-        rest = []
-        while not self.stderr.empty():
-            rest.append(self.stderr.get())
-        text = "\n".join(self.log + rest)
-        assert code == 0, text
-        assert "Traceback" not in text
-        return text
-
-
-def _pump(stream: Any, sink: queue.Queue[str]) -> None:
-    for line in stream:
-        sink.put(line.rstrip("\n"))
-
-
-class SseReader:
-    """An SSE stream read by a thread (its own event loop); events land in a queue."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.opened = threading.Event()
-        self.status: int | None = None
-        self._loop = asyncio.new_event_loop()
-        self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, args=(url, headers or {}), daemon=True)
-        self._thread.start()
-        assert self.opened.wait(10), "SSE stream did not open"
-
-    def _run(self, url: str, headers: dict[str, str]) -> None:
-        self._task = self._loop.create_task(self._read(url, headers))
-        try:
-            self._loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._loop.close()
-            self.opened.set()
-
-    async def _read(self, url: str, headers: dict[str, str]) -> None:
-        async with (
-            httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
-            self.status = response.status_code
-            self.opened.set()
-            event: dict[str, Any] = {}
-            async for line in response.aiter_lines():
-                if line.startswith("id: "):
-                    event["id"] = int(line[4:])
-                elif line.startswith("data: "):
-                    event["data"] = json.loads(line[6:])
-                elif line == "" and event:
-                    self.events.put(event)
-                    event = {}
-
-    def take(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        got = []
-        while len(got) < count:
-            try:
-                got.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(f"got {len(got)} of {count} SSE events: {got}") from None
-        return got
-
-    def close(self) -> None:
-        if self._task is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(10)
-        assert not self._thread.is_alive()
-
-
 def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`mpesa-sync relay` run to its end (for the paths that exit at once)."""
     return run_module("relay", *args, timeout=60)
-
-
-def new_events(db: Database, after: int) -> list[dict[str, Any]]:
-    """status_events after ``after`` as the relay prints them."""
-    rows = db.query(
-        """SELECT event_id, bar_id::text, mpesa_enabled, source
-                       FROM mpesa_sync.status_events WHERE event_id > %s
-                       ORDER BY event_id""",
-        (after,),
-    )
-    return rows
-
-
-def strip_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for event in events:
-        assert set(event) == EVENT_FIELDS, event
-    return [{k: v for k, v in event.items() if k != "at"} for event in events]
-
-
-def newest_event_id(db: Database) -> int:
-    return db.scalar("SELECT coalesce(max(event_id), 0) FROM mpesa_sync.status_events")
-
-
-def set_active(db: Database, bar: uuid.UUID, active: bool) -> None:
-    db.execute("UPDATE mpesa_credentials SET is_active = %s WHERE tenant_id = %s", (active, bar))
 
 
 @pytest.fixture
@@ -390,9 +219,7 @@ def test_starts_after_the_newest_event_by_default(db: Database) -> None:
 def test_bad_input_is_one_line_and_exit_2(db: Database, args: list[str], needle: str) -> None:
     result = relay_cli("--dsn", db.dsn, *args)
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mpesa-sync: error: "), result.stderr
-    assert needle in lines[0]
+    assert_one_line_error(result.stderr, needle)
     assert result.stdout == ""
 
 
@@ -407,8 +234,7 @@ def test_unreachable_database_and_busy_port_are_exit_2(db: Database) -> None:
         for args, needle in cases:
             result = relay_cli(*args)
             assert result.returncode == 2, result.stderr
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and needle in lines[0], result.stderr
+            assert_one_line_error(result.stderr, needle)
     finally:
         holder.close()
     assert (

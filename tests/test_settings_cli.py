@@ -5,12 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import pty
-import select
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from mpesa_sync.crypto import KEY_ENV, CredentialCipher
-from tests.helpers import Database, run_cli
+from tests.support.cli import assert_one_line_error, run_cli, run_on_terminal
+from tests.support.database import Database
 
 KEY = base64.b64encode(bytes(range(100, 132))).decode()
 SECRETS = {
@@ -50,13 +46,6 @@ def set_args(db: Database, bar: Any, *extra: str) -> list[str]:
         "174379",
         *extra,
     ]
-
-
-def assert_one_line_error(stderr: str, needle: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("mpesa-sync: error: ") and needle in lines[0], stderr
-    assert "Traceback" not in stderr
 
 
 def assert_no_secret(text: str) -> None:
@@ -147,44 +136,6 @@ def test_set_asks_for_missing_secrets_with_a_hidden_prompt(db: Database) -> None
         cipher.decrypt(bytes(row["passkey_enc"]), field_name="passkey_enc", bar_id=bar)
         == SECRETS["MPESA_SYNC_PASSKEY"]
     )
-
-
-def run_on_terminal(
-    args: list[str], child_env: dict[str, str], answers: list[tuple[str, str]], timeout: float = 30
-) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal, answering each prompt when it appears."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mpesa_sync", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=child_env,
-    )
-    os.close(slave)
-    screen, pending = b"", list(answers)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if pending and screen.count(pending[0][0].encode() + b":") == 1:
-                os.write(master, pending.pop(0)[1].encode() + b"\n")
-            if not select.select([master], [], [], 0.1)[0]:
-                continue
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-        else:
-            raise AssertionError(f"the command did not finish: {screen!r}")
-        return proc.wait(timeout=10), screen.decode(errors="replace")
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # -- settings show ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from psycopg import errors
 
 from mpesa_sync import migrations
 from mpesa_sync.resources import resource_dir
-from tests.helpers import Database
+from tests.support.database import Database
 
 SAVE = "SELECT mpesa_sync.save_settings(%s, %s, %s, %s, %s, %s, %s)"
 WRAPPER_SQL = resource_dir("sql") / "optional" / "public_save_settings.sql"

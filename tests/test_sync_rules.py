@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from tests.helpers import Database
+from tests.support.database import Database
 
 SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
 

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mpesa_sync import db as mpesa_db
 from mpesa_sync import verification
-from tests.helpers import Database, run_cli
+from tests.support.cli import run_cli
+from tests.support.database import Database
 
 
 def _bars(db: Database, active: int, inactive: int = 0) -> list[uuid.UUID]:

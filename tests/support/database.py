@@ -1,20 +1,29 @@
-"""Small helpers every test module uses against a real database."""
+"""Fresh databases for tests: made from templates, and what a test does with one.
+
+The session builds two templates per server: the host's schema alone, and
+the host's schema with every migration applied. Each test gets its own copy
+(``CREATE DATABASE ... TEMPLATE``), which is fast and fully isolated.
+"""
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from click.testing import CliRunner
+from psycopg import sql
 from psycopg.rows import dict_row
 
-from mpesa_sync.cli import main
-from tests.servers import Server
+from mpesa_sync import migrations
+from mpesa_sync.resources import resource_dir
+from tests.support.servers import Server
+
+HOST_SQL = resource_dir("sql") / "host_example.sql"
+HOST_TEMPLATE = "mpesa_host_template"  # host schema only
+MIGRATED_TEMPLATE = "mpesa_migrated_template"  # host schema + migrations
 
 DRIFT_SQL = """
     SELECT bar_id, mpesa_enabled, expected
@@ -108,37 +117,40 @@ class Database:
         }
 
 
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
+def build_templates(srv: Server) -> None:
+    """(Re)build both templates on ``srv``."""
+    for name in (MIGRATED_TEMPLATE, HOST_TEMPLATE):
+        drop_database(srv, name)
+    with psycopg.connect(srv.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOST_TEMPLATE)))
+    with psycopg.connect(srv.dsn(HOST_TEMPLATE), autocommit=True) as conn:
+        conn.execute(HOST_SQL.read_text())
+    create_database(srv, MIGRATED_TEMPLATE, HOST_TEMPLATE)
+    migrations.migrate(srv.dsn(MIGRATED_TEMPLATE))
 
 
-def run_module(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``python -m mpesa_sync ARGS`` in a child process, to its end: what a shell
-    sees on real stdout and stderr (no traceback can hide in a test runner)."""
-    return subprocess.run(
-        [sys.executable, "-m", "mpesa_sync", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+def create_database(srv: Server, name: str, template: str) -> None:
+    with psycopg.connect(srv.dsn(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
 
 
-def run_cli(*args: str, env: dict[str, str | None] | None = None) -> CliResult:
-    """Run ``mpesa_sync.cli.main`` in this process, as a shell would (exit code,
-    stdout, stderr), and leave the logging set-up as it was."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    with CliRunner().isolation(env=env) as (out, err, _):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
-    logging.root.handlers[:], logging.root.level = handlers, level
-    return CliResult(code if isinstance(code, int) else 0, stdout, stderr)
+def drop_database(srv: Server, name: str) -> None:
+    with psycopg.connect(srv.dsn(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@contextmanager
+def fresh_database(srv: Server, template: str, prefix: str = "test") -> Iterator[Database]:
+    """A new database copied from ``template``, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    create_database(srv, name, template)
+    try:
+        yield Database(srv, name)
+    finally:
+        drop_database(srv, name)
