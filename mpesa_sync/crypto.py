@@ -7,7 +7,7 @@ A stored value (the ``*_enc`` bytea columns) is::
 with the associated data ``mpesa_sync:v1:<field>:<bar id>``, so a value copied
 into another field or another bar's row fails to decrypt instead of being
 used. WebCrypto's ``AES-GCM`` produces the same ``ciphertext || tag`` layout,
-so a staff app can write values the Python side reads (see README).
+so a staff app can write values the Python side reads (docs/settings-api.md).
 
 The key is 32 bytes, base64-encoded in ``MPESA_SYNC_ENCRYPTION_KEY``.
 """

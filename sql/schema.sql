@@ -487,7 +487,7 @@ $$;
 -- Settings (migration 0003) --------------------------------------------------------
 
 -- The one write the staff app makes. The name carries no version: it is the
--- RPC name apps call (see README, "The settings API"); a behaviour change
+-- RPC name apps call (see docs/settings-api.md); a behaviour change
 -- gets a new name beside it. Requires the host's unique constraint on
 -- mpesa_credentials (tenant_id, environment); the migration checks for it.
 --

@@ -31,10 +31,12 @@ def main() -> None:
     try:
         click.echo(f"  PostgreSQL {cluster.version} on 127.0.0.1:{cluster.port}")
         run_story(cluster.dsn())
-        demo_live.run_live(cluster.dsn(), MAMA_OLIECH, "Mama Oliech", step)
+        live = demo_live.run_live(cluster.dsn(), MAMA_OLIECH, "Mama Oliech", step)
     finally:
         step("Stopping the server")
         cluster.destroy()
+    if not live:
+        raise SystemExit("the live part of the demo failed (see above)")
 
 
 def run_story(dsn: str) -> None:

@@ -23,8 +23,12 @@ import psycopg
 from mpesa_sync.dev.queries import query
 
 
-def run_live(dsn: str, bar_id: UUID, bar_name: str, step: Callable[[str], None]) -> None:
-    """Start `mpesa-sync relay --http`, print the page's URL, flip ``bar_id`` until stopped."""
+def run_live(dsn: str, bar_id: UUID, bar_name: str, step: Callable[[str], None]) -> bool:
+    """Start `mpesa-sync relay --http`, print the page's URL, flip ``bar_id`` until stopped.
+
+    True when the relay started, relayed every flip and stopped cleanly (so
+    that CI can tell a demo that worked from one that only printed).
+    """
     http = os.environ.get("DEMO_HTTP", "127.0.0.1:8765")
     every = float(os.environ.get("DEMO_FLIP_SECONDS", "3"))
     limit = os.environ.get("DEMO_SECONDS")
@@ -42,7 +46,7 @@ def run_live(dsn: str, bar_id: UUID, bar_name: str, step: Callable[[str], None])
     try:
         url = _wait_until_serving(relay)
         if url is None:
-            return
+            return False
         click.echo(f"  customer page:  {url}/?bar_id={bar_id}   ({bar_name})")
         click.echo(f"  SSE stream:     curl -N {url}/events")
         click.echo(f"  health:         curl {url}/healthz")
@@ -50,11 +54,12 @@ def run_live(dsn: str, bar_id: UUID, bar_name: str, step: Callable[[str], None])
             f"  flipping {bar_name}'s M-Pesa every {every:g} s; "
             + ("Ctrl-C to stop" if limit is None else f"stopping after {limit} s")
         )
-        _flip(dsn, bar_id, bar_name, every, float(limit) if limit else None, lines)
+        missed = _flip(dsn, bar_id, bar_name, every, float(limit) if limit else None, lines)
     finally:
         if relay.poll() is None:
             relay.send_signal(signal.SIGTERM)
-        relay.wait(30)
+        code = relay.wait(30)
+    return missed == 0 and code == 0
 
 
 def _flip(
@@ -64,9 +69,11 @@ def _flip(
     every: float,
     limit: float | None,
     lines: queue.Queue[str],
-) -> None:
+) -> int:
+    """Flip until the deadline (or Ctrl-C); returns how many flips the relay missed."""
     deadline = None if limit is None else time.monotonic() + limit
     active = True
+    missed = 0
     with psycopg.connect(dsn, autocommit=True) as staff:
         try:
             while deadline is None or time.monotonic() < deadline:
@@ -75,11 +82,13 @@ def _flip(
                 try:
                     click.echo(f"    relay stdout: {lines.get(timeout=10)}")
                 except queue.Empty:
+                    missed += 1
                     click.echo("    (no event from the relay within 10 s)")
                 active = not active
                 time.sleep(every)  # pacing for a person watching, not synchronisation
         except KeyboardInterrupt:
             click.echo()
+    return missed
 
 
 def _wait_until_serving(relay: subprocess.Popen[str]) -> str | None:
