@@ -3,8 +3,9 @@
 Wall time of the installed console script, each run a fresh process, as a
 shell or cron starts it. The commands import their modules only when they
 run (mpesa_sync/cli.py), so `--help` loads click and nothing of the library;
-the target is 0.25 s on the 2-core machine BENCHMARKS.md names (before the
-commands were lazy, the median of 21 runs was 0.42-0.55 s there). Needs no database.
+the target is 0.25 s on the 2-core machine BENCHMARKS.md names. Before the
+commands were lazy it took 0.42-0.66 s there (medians of 21-31 runs in three
+sessions, the machine shared with other work). Needs no database.
 """
 
 from __future__ import annotations

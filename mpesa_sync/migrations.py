@@ -101,10 +101,9 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
             conn.execute(query("release_migrate_lock"))
     for bar in report.refused:
         logger.warning(
-            "bar %s refused its status fix: %s (SQLSTATE %s)",
+            "bar %s refused its status fix: %s",
             bar["bar_id"],
-            bar.get("error"),
-            bar.get("sqlstate"),
+            with_sqlstate(str(bar.get("error")), bar.get("sqlstate")),
             extra={"action": "install_fix_refused"},
         )
     return report

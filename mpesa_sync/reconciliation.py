@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from mpesa_sync import db
-from mpesa_sync.errors import ConfigError
+from mpesa_sync.errors import ConfigError, with_sqlstate
 from mpesa_sync.queries import query
 from mpesa_sync.verification import scan_drift
 
@@ -136,10 +136,9 @@ def reconcile(
 
         for bar in report.failed:
             logger.warning(
-                "bar %s refused its status fix: %s (SQLSTATE %s)",
+                "bar %s refused its status fix: %s",
                 bar.bar_id,
-                bar.error,
-                bar.sqlstate,
+                with_sqlstate(bar.error, bar.sqlstate),
                 extra={"action": "reconcile_fix_refused"},
             )
         with conn.transaction():
