@@ -1,8 +1,8 @@
 """Find every drifted bar, fix what can be fixed, report what cannot.
 
 Detection is one set-based pass over every bar (shared with verify). The fix is
-``mpesa_sync.fix_bars_v1``, the same function the install runs through
-``fix_all_v1``: each batch goes to it in its own short transaction with a
+``mpesa_sync.fix_bars_v2``, which syncs through ``sync_bars_v2`` like every
+credential write: each batch goes to it in its own short transaction with a
 lock timeout; it retries a refused batch bar by bar, records an alert for each
 bar that still refuses and returns that bar with the database's own error.
 Afterwards the whole table is checked again.
@@ -165,16 +165,13 @@ def _fix_batch(
     with conn.transaction():
         conn.execute(query("take_reconcile_lock"))
         db.set_lock_timeout(conn, lock_timeout)
-        after = conn.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
         failed = [
             FailedBar(bar_id, error, sqlstate, constraint)
             for bar_id, error, sqlstate, constraint in conn.execute(
                 query("fix_bars"), {"bar_ids": batch}
             )
         ]
-        fixed = conn.execute(
-            query("reconcile_events_since"), {"bar_ids": batch, "after": after}
-        ).fetchone()[0]  # type: ignore[index]
+        fixed = conn.execute(query("reconcile_changes_in_transaction")).fetchone()[0]  # type: ignore[index]
     return int(fixed), failed
 
 

@@ -10,7 +10,7 @@
 --   mpesa_credentials row (tenant_id = bars.id) whose is_active is true.
 --   NULL counts as false; a bar with no row is false.
 --
--- Objects that carry behaviour carry a version (_v1). A behaviour change adds
+-- Objects that carry behaviour carry a version (_v1, _v2). A behaviour change adds
 -- _v2 in a new migration and a later migration drops _v1, so a rolling upgrade
 -- never sees a function change under it.
 --
@@ -48,7 +48,7 @@ CREATE INDEX alerts_open_idx
     WHERE acknowledged_at IS NULL;
 
 -- One row per real change of a bar's mpesa_enabled. event_id order is commit
--- order (see emit_status_events_v1), so a reader that remembers the last id
+-- order (see publish_status_events_v2), so a reader that remembers the last id
 -- it delivered can resume without skipping or repeating an event.
 CREATE TABLE mpesa_sync.status_events (
     event_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -61,19 +61,48 @@ CREATE TABLE mpesa_sync.status_events (
 CREATE INDEX status_events_bar_idx
     ON mpesa_sync.status_events (bar_id, event_id);
 
--- Write tokens, 1024 stripes keyed by a hash of the bar id. Every statement
--- that changes credentials writes the stripes of the bars it touches. Under
--- READ COMMITTED this orders concurrent writers of one bar; under REPEATABLE
--- READ it turns the write skew that row locks alone cannot see (two writers
--- each changing a different credential row of one bar, neither changing the
--- bar) into a serialization failure, which the caller retries.
-CREATE TABLE mpesa_sync.sync_stripes (
-    stripe integer PRIMARY KEY,
-    writes bigint NOT NULL DEFAULT 0
+-- One row per bar whose credentials were ever written. Every credential
+-- statement bumps the rows of the bars it touches, in bar id order, and holds
+-- them until it commits. Under READ COMMITTED this makes two writers of one
+-- bar take turns, so the second recomputes with the first one's change in
+-- view; under REPEATABLE READ and SERIALIZABLE the second gets a
+-- serialization failure (40001) instead of computing from a stale snapshot
+-- (the write skew row locks alone cannot see: two writers each changing a
+-- different credential row of one bar). Writers of different bars touch
+-- different rows and never wait on each other.
+CREATE TABLE mpesa_sync.bar_write_tokens (
+    bar_id uuid PRIMARY KEY,
+    writes bigint NOT NULL DEFAULT 1
+) WITH (fillfactor = 50);  -- room for HOT updates: a bump never touches the index
+
+-- The status changes of transactions still in flight: one row per bar a
+-- transaction changed, with the value the bar had before the transaction
+-- first changed it and the value it has now. Written whenever a bar's
+-- mpesa_enabled changes (by record_status_changes_v2, within the statement
+-- that changed it, so a rolled-back savepoint takes its rows with it), turned
+-- into status events and deleted by the same transaction when it commits.
+-- Rows of other transactions are never visible, so nothing here is shared.
+-- UNLOGGED: rows live only inside one transaction, and a crash aborts every
+-- transaction that could have written them.
+CREATE UNLOGGED TABLE mpesa_sync.pending_changes (
+    xid xid8 NOT NULL,
+    bar_id uuid NOT NULL,
+    was_enabled boolean,
+    mpesa_enabled boolean NOT NULL,
+    source text NOT NULL,
+    -- True on the first row a transaction writes here: its insert queues the
+    -- deferred trigger that publishes the transaction's changes at commit,
+    -- so that trigger fires once per transaction, not once per change.
+    opens_commit boolean NOT NULL,
+    PRIMARY KEY (xid, bar_id)
 );
 
-INSERT INTO mpesa_sync.sync_stripes (stripe)
-SELECT generate_series(0, 1023);
+-- One insert and one delete per change: vacuum often, so that lookups by xid
+-- stay on a few pages.
+ALTER TABLE mpesa_sync.pending_changes SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000
+);
 
 -- The rule ---------------------------------------------------------------------
 
@@ -124,67 +153,109 @@ $$;
 
 -- Sync -------------------------------------------------------------------------
 
--- Bring the given bars in line with their credentials. Called by the
--- credential triggers with the bars their statement touched.
+-- Bring the given bars in line with their credentials, in the caller's
+-- transaction. Called by the credential triggers, save_settings and
+-- fix_bars_v2 with the bars their statement touched (distinct ids).
 --
--- force_generic_plan: every statement here is an index lookup by = ANY, the
--- right plan for one bar and for 100k. Left to choose, PostgreSQL re-plans
--- them for each call, and planning costs more than running them.
-CREATE FUNCTION mpesa_sync.sync_bars_v1(p_bar_ids uuid[])
+-- 1. Bump the bars' write tokens, in bar id order (see bar_write_tokens).
+--    Only bars that exist: a bar deleted in this transaction (its credentials
+--    go with it by cascade) needs no sync.
+-- 2. Recompute in a new statement: under READ COMMITTED it takes a fresh
+--    snapshot, so it sees every credential change committed by a writer we
+--    waited for in step 1. Only real changes are written; each one is
+--    recorded by record_status_changes_v2 for publishing at commit. Several
+--    bars are locked in id order first (one bar needs no order).
+--
+-- One bar: statements with a scalar parameter, whose plans are index lookups
+-- of that bar at every table size. More bars: dynamic SQL, planned for the
+-- actual array, so that 100,000 bars can take hash joins and 3 bars index
+-- lookups; a generic plan would fix one choice for both (v1 did, and at a
+-- thousand bars its hashed EXISTS read every credential for one toggle).
+CREATE FUNCTION mpesa_sync.sync_bars_v2(p_bar_ids uuid[])
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
-    v_stripes integer[];
+    v_bar_id uuid;
 BEGIN
     IF coalesce(cardinality(p_bar_ids), 0) = 0 THEN
         RETURN;
+    ELSIF cardinality(p_bar_ids) = 1 THEN
+        v_bar_id := p_bar_ids[1];
+
+        -- A bar's token row exists after its first write: a plain UPDATE
+        -- is cheaper than the speculative insertion of an upsert.
+        UPDATE mpesa_sync.bar_write_tokens AS t
+        SET writes = t.writes + 1
+        WHERE t.bar_id = v_bar_id;
+        IF NOT FOUND THEN
+            INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+            SELECT b.id
+            FROM public.bars AS b
+            WHERE b.id = v_bar_id
+            ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
+        END IF;
+
+        WITH rule AS MATERIALIZED (
+            SELECT EXISTS (
+                SELECT 1
+                FROM public.mpesa_credentials AS c
+                WHERE c.tenant_id = v_bar_id
+                  AND c.is_active
+            ) AS expected
+        )
+        UPDATE public.bars AS b
+        SET mpesa_enabled = r.expected
+        FROM rule AS r
+        WHERE b.id = v_bar_id
+          AND b.mpesa_enabled IS DISTINCT FROM r.expected;
+        RETURN;
     END IF;
 
-    -- 1. Write the stripes of these bars, locked in stripe order so that two
-    --    statements never wait on each other in a cycle. Each step is an index
-    --    lookup by = ANY: a single-row toggle must not scan all 1024 stripes.
-    v_stripes := ARRAY(
-        SELECT DISTINCT uuid_hash(u) & 1023 FROM unnest(p_bar_ids) AS u
-    );
-    PERFORM 1
-    FROM mpesa_sync.sync_stripes AS s
-    WHERE s.stripe = ANY (v_stripes)
-    ORDER BY s.stripe
-    FOR UPDATE;
-    UPDATE mpesa_sync.sync_stripes AS s
-    SET writes = s.writes + 1
-    WHERE s.stripe = ANY (v_stripes);
+    -- A statement over many bars may scan whole tables (the function's SET
+    -- clause restores the setting when it returns).
+    PERFORM set_config('enable_seqscan', 'on', true);
 
-    -- 2. Lock the bars themselves in id order. NO KEY UPDATE is the lock our
-    --    UPDATE below takes anyway; unlike FOR UPDATE it does not conflict with
-    --    the KEY SHARE lock a credential INSERT's foreign key check holds on
-    --    the bar, which would deadlock two inserts for one bar.
-    PERFORM 1
-    FROM public.bars AS b
-    WHERE b.id = ANY (p_bar_ids)
-    ORDER BY b.id
-    FOR NO KEY UPDATE;
+    EXECUTE $sql$
+        INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+        SELECT b.id
+        FROM public.bars AS b
+        WHERE b.id = ANY ($1)
+        ORDER BY b.id
+        ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1
+    $sql$ USING p_bar_ids;
 
-    -- 3. Recompute in a new statement: under READ COMMITTED it takes a fresh
-    --    snapshot, so it sees every credential change committed by a writer
-    --    we waited for above. Only real changes are written.
-    UPDATE public.bars AS b
-    SET mpesa_enabled = s.expected
-    FROM mpesa_sync.bar_status_v1 AS s
-    WHERE s.bar_id = b.id
-      AND s.bar_id = ANY (p_bar_ids)
-      AND s.mpesa_enabled IS DISTINCT FROM s.expected;
+    -- The bars that will change, locked in id order before they are written,
+    -- so that this statement and any other writer that locks bars in id
+    -- order never wait on each other in a cycle.
+    EXECUTE $sql$
+        SELECT 1
+        FROM public.bars AS b
+        JOIN mpesa_sync.bar_status_v1 AS s ON s.bar_id = b.id
+        WHERE b.id = ANY ($1)
+          AND s.mpesa_enabled IS DISTINCT FROM s.expected
+        ORDER BY b.id
+        FOR NO KEY UPDATE OF b
+    $sql$ USING p_bar_ids;
+
+    EXECUTE $sql$
+        UPDATE public.bars AS b
+        SET mpesa_enabled = s.expected
+        FROM mpesa_sync.bar_status_v1 AS s
+        WHERE s.bar_id = b.id
+          AND s.bar_id = ANY ($1)
+          AND s.mpesa_enabled IS DISTINCT FROM s.expected
+    $sql$ USING p_bar_ids;
 END
 $$;
 
--- AFTER ... FOR EACH STATEMENT on mpesa_credentials. One function for every
--- operation: plpgsql parses a statement only when it first runs, so each branch
--- names only the transition tables its trigger has.
-CREATE FUNCTION mpesa_sync.credentials_changed_v1()
+-- AFTER ... FOR EACH STATEMENT on mpesa_credentials: the bars a statement
+-- touched, then sync_bars_v2. As in v1, one function for every operation; each
+-- branch names only the transition tables its trigger has.
+CREATE FUNCTION mpesa_sync.credentials_changed_v2()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -218,7 +289,7 @@ BEGIN
         );
     END IF;
 
-    PERFORM mpesa_sync.sync_bars_v1(v_bar_ids);
+    PERFORM mpesa_sync.sync_bars_v2(v_bar_ids);
     RETURN NULL;
 END
 $$;
@@ -245,46 +316,108 @@ BEGIN
 END
 $$;
 
--- AFTER UPDATE ... FOR EACH STATEMENT on bars: one event and one notification
--- per real change, whoever made it. The source comes from the function that
--- made the change (its SET clause), else it was a corrected direct write.
--- Transition tables carry no statistics, so the planner guesses them tiny and
--- would join old_rows to new_rows with a nested loop: quadratic, hours for a
--- 100k-row UPDATE of bars. enable_nestloop = off makes it a hash join.
-CREATE FUNCTION mpesa_sync.emit_status_events_v1()
+-- AFTER UPDATE ... FOR EACH STATEMENT on bars: every real change of a bar's
+-- mpesa_enabled, whoever made it, recorded in pending_changes for
+-- publish_status_events_v2 at commit. It replaces v1's emit_status_events_v1,
+-- which numbered and announced each change here, under a lock held to commit.
+-- The source comes from the function that made the change (its SET clause),
+-- else it was a corrected direct write. The value each bar had before the
+-- transaction first changed it is kept; the value it has now is updated.
+-- Transition tables carry no statistics: enable_nestloop = off keeps a
+-- 100k-row UPDATE of bars from joining them with a quadratic nested loop.
+CREATE FUNCTION mpesa_sync.record_status_changes_v2()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_xid xid8 := pg_current_xact_id();
+BEGIN
+    -- opens_commit marks one row, and only when this transaction has no
+    -- pending change yet (the uncorrelated NOT EXISTS is evaluated once,
+    -- before the first row is inserted).
+    INSERT INTO mpesa_sync.pending_changes AS p (
+        xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
+    )
+    SELECT
+        v_xid,
+        c.id,
+        c.was_enabled,
+        c.mpesa_enabled,
+        coalesce(nullif(current_setting('mpesa_sync.source', true), ''), 'correction'),
+        c.first AND NOT EXISTS (
+            SELECT 1 FROM mpesa_sync.pending_changes AS q WHERE q.xid = v_xid
+        )
+    FROM (
+        SELECT
+            n.id,
+            o.mpesa_enabled AS was_enabled,
+            n.mpesa_enabled,
+            row_number() OVER (ORDER BY n.id) = 1 AS first
+        FROM new_rows AS n
+        JOIN old_rows AS o ON o.id = n.id
+        WHERE o.mpesa_enabled IS DISTINCT FROM n.mpesa_enabled
+    ) AS c
+    ON CONFLICT (xid, bar_id) DO UPDATE
+    SET mpesa_enabled = excluded.mpesa_enabled,
+        source = excluded.source;
+    RETURN NULL;
+END
+$$;
+
+-- Events at commit ------------------------------------------------------------------
+
+-- The deferred constraint trigger on pending_changes: fires once per
+-- transaction (see opens_commit), after the transaction's last statement, when it commits (or at
+-- PREPARE TRANSACTION, or at SET CONSTRAINTS ALL IMMEDIATE).
+--
+-- A bar's net change is the value it commits with against its value before
+-- the transaction first changed it: a bar switched off and on again in one
+-- transaction is no change and gets no event. Nothing here reads bars: the
+-- values come from pending_changes, kept up to date by
+-- record_status_changes_v2.
+--
+-- Event ids must be strictly increasing in commit order, so that a reader who
+-- remembers the last id it handled never skips one. They are handed out under
+-- a transaction-level advisory lock, taken here, at commit, and released only
+-- after the commit is visible to every other session: no transaction can take
+-- ids after ours until ours is committed. The lock is held from here to the
+-- end of the commit, the moments in which PostgreSQL already serialises every
+-- commit that sends a NOTIFY (PreCommit_Notify). A transaction without a net
+-- change takes no lock, so PREPARE TRANSACTION of it holds none.
+-- 470037132129 is 'mpesa' in ASCII.
+CREATE FUNCTION mpesa_sync.publish_status_events_v2()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_notified bigint;
 BEGIN
-    IF NOT EXISTS (
+    PERFORM pg_advisory_xact_lock(470037132129)
+    WHERE EXISTS (
         SELECT 1
-        FROM new_rows AS n
-        JOIN old_rows AS o ON o.id = n.id
-        WHERE o.mpesa_enabled IS DISTINCT FROM n.mpesa_enabled
-    ) THEN
-        RETURN NULL;  -- no-op writes emit nothing
-    END IF;
+        FROM mpesa_sync.pending_changes AS p
+        WHERE p.xid = NEW.xid
+          AND p.mpesa_enabled IS DISTINCT FROM p.was_enabled
+    );
 
-    -- Held to commit, so ids are handed out in commit order: no reader can see
-    -- event n+1 while event n is still uncommitted. Commits that NOTIFY
-    -- serialize on one instance-wide lock anyway. 470037132129 is 'mpesa' in ASCII.
-    PERFORM pg_advisory_xact_lock(470037132129);
-
-    -- One statement for every change: the events, then a notification each.
-    WITH inserted AS (
+    WITH published AS (
+        DELETE FROM mpesa_sync.pending_changes AS p
+        WHERE p.xid = NEW.xid
+        RETURNING p.bar_id, p.was_enabled, p.mpesa_enabled, p.source
+    ),
+    inserted AS (
         INSERT INTO mpesa_sync.status_events (bar_id, mpesa_enabled, source)
-        SELECT n.id,
-               n.mpesa_enabled,
-               coalesce(nullif(current_setting('mpesa_sync.source', true), ''), 'correction')
-        FROM new_rows AS n
-        JOIN old_rows AS o ON o.id = n.id
-        WHERE o.mpesa_enabled IS DISTINCT FROM n.mpesa_enabled
-        ORDER BY n.id
+        SELECT p.bar_id, p.mpesa_enabled, p.source
+        FROM published AS p
+        WHERE p.mpesa_enabled IS DISTINCT FROM p.was_enabled
+        ORDER BY p.bar_id
         RETURNING event_id, bar_id, mpesa_enabled, source, at
     )
     SELECT count(pg_notify(
@@ -303,14 +436,23 @@ BEGIN
 END
 $$;
 
+CREATE CONSTRAINT TRIGGER mpesa_sync_publish_v2
+    AFTER INSERT ON mpesa_sync.pending_changes
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (NEW.opens_commit)
+    EXECUTE FUNCTION mpesa_sync.publish_status_events_v2();
+
 -- Reconcile ----------------------------------------------------------------------
 
--- Fix the given bars. The one mechanism behind both the install and
--- `mpesa-sync reconcile`. The whole set is tried in one statement; if any bar
--- refuses (a host CHECK, a host trigger, a lock timeout), the set is retried
--- bar by bar, and each bar that still refuses is left as it is, raised as a
--- WARNING with the database's error, recorded in alerts, and returned.
-CREATE FUNCTION mpesa_sync.fix_bars_v1(p_bar_ids uuid[])
+-- Fix the given bars: the one mechanism behind `mpesa-sync reconcile` (and,
+-- through sync_bars_v2, behind every credential write). The whole set is tried
+-- at once; if any bar refuses (a host CHECK, a host trigger, a lock timeout),
+-- the set is retried bar by bar, and each bar that still refuses is left as it
+-- is, raised as a WARNING with the database's error, recorded in alerts, and
+-- returned. A fix takes the bar's write token like a credential writer, so a
+-- value computed here never lands beside a racing credential change unseen.
+CREATE FUNCTION mpesa_sync.fix_bars_v2(p_bar_ids uuid[])
 RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint text)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -321,27 +463,15 @@ DECLARE
     v_bar_id uuid;
 BEGIN
     BEGIN
-        -- The value written here may come from an older snapshot than the row
-        -- it lands on; correct_bar_v1 recomputes it under the row lock.
-        UPDATE public.bars AS b
-        SET mpesa_enabled = s.expected
-        FROM mpesa_sync.bar_status_v1 AS s
-        WHERE s.bar_id = b.id
-          AND s.bar_id = ANY (p_bar_ids)
-          AND s.mpesa_enabled IS DISTINCT FROM s.expected;
+        PERFORM mpesa_sync.sync_bars_v2(ARRAY(SELECT DISTINCT u FROM unnest(p_bar_ids) AS u));
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- some bar refused: retry bar by bar below
     END;
 
-    FOREACH v_bar_id IN ARRAY p_bar_ids LOOP
+    FOR v_bar_id IN SELECT DISTINCT u FROM unnest(p_bar_ids) AS u ORDER BY u LOOP
         BEGIN
-            UPDATE public.bars AS b
-            SET mpesa_enabled = s.expected
-            FROM mpesa_sync.bar_status_v1 AS s
-            WHERE s.bar_id = b.id
-              AND s.bar_id = v_bar_id
-              AND s.mpesa_enabled IS DISTINCT FROM s.expected;
+            PERFORM mpesa_sync.sync_bars_v2(ARRAY[v_bar_id]);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS
                 error = MESSAGE_TEXT,
@@ -366,55 +496,26 @@ BEGIN
 END
 $$;
 
--- Fix every drifted bar, in batches of p_batch_size, in the caller's
--- transaction. The install runs this; the CLI runs fix_bars_v1 itself, one
--- short transaction per batch.
-CREATE FUNCTION mpesa_sync.fix_all_v1(p_batch_size integer DEFAULT 1000)
-RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint text)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_after uuid := '00000000-0000-0000-0000-000000000000';
-    v_batch uuid[];
-BEGIN
-    LOOP
-        v_batch := ARRAY(
-            SELECT s.bar_id
-            FROM mpesa_sync.bar_status_v1 AS s
-            WHERE s.mpesa_enabled IS DISTINCT FROM s.expected
-              AND s.bar_id > v_after
-            ORDER BY s.bar_id
-            LIMIT p_batch_size
-        );
-        EXIT WHEN cardinality(v_batch) = 0;
-        RETURN QUERY SELECT * FROM mpesa_sync.fix_bars_v1(v_batch);
-        v_after := v_batch[cardinality(v_batch)];
-    END LOOP;
-END
-$$;
-
 -- Triggers -----------------------------------------------------------------------
 
-CREATE TRIGGER mpesa_sync_credentials_insert_v1
+CREATE TRIGGER mpesa_sync_credentials_insert_v2
     AFTER INSERT ON public.mpesa_credentials
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
 
-CREATE TRIGGER mpesa_sync_credentials_update_v1
+CREATE TRIGGER mpesa_sync_credentials_update_v2
     AFTER UPDATE ON public.mpesa_credentials
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
 
-CREATE TRIGGER mpesa_sync_credentials_delete_v1
+CREATE TRIGGER mpesa_sync_credentials_delete_v2
     AFTER DELETE ON public.mpesa_credentials
     REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
 
-CREATE TRIGGER mpesa_sync_credentials_truncate_v1
+CREATE TRIGGER mpesa_sync_credentials_truncate_v2
     AFTER TRUNCATE ON public.mpesa_credentials
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
 
 -- BEFORE triggers fire in name order; the zz_ prefix makes ours fire after the
 -- host's, so a host trigger cannot overwrite the corrected value.
@@ -428,10 +529,10 @@ CREATE TRIGGER zz_mpesa_sync_correct_update_v1
     WHEN (NEW.mpesa_enabled IS DISTINCT FROM OLD.mpesa_enabled)
     EXECUTE FUNCTION mpesa_sync.correct_bar_v1();
 
-CREATE TRIGGER mpesa_sync_status_events_v1
+CREATE TRIGGER mpesa_sync_status_changes_v2
     AFTER UPDATE ON public.bars
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.emit_status_events_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.record_status_changes_v2();
 
 -- What customers read ------------------------------------------------------------
 
@@ -484,7 +585,7 @@ BEGIN
 END
 $$;
 
--- Settings (migration 0003) --------------------------------------------------------
+-- Settings (migrations 0003, 0004) --------------------------------------------------------
 
 -- The one write the staff app makes. The name carries no version: it is the
 -- RPC name apps call (see docs/settings-api.md); a behaviour change
@@ -497,7 +598,7 @@ $$;
 -- the wrong field must not end up in a log.
 --
 -- The upsert fires the credential triggers in this transaction.
--- sync_bars_v1 runs a second time only for a bar that had drifted before this
+-- sync_bars_v2 runs a second time only for a bar that had drifted before this
 -- call and whose is_active did not change (the UPDATE trigger recomputes only
 -- bars whose is_active changed), so an ordinary save syncs once.
 CREATE FUNCTION mpesa_sync.save_settings(
@@ -570,12 +671,14 @@ BEGIN
         is_active = excluded.is_active
     RETURNING c.id INTO v_credential_id;
 
+    -- The upsert's trigger synced the bar when is_active changed; a bar that
+    -- had drifted before this call is synced here.
     SELECT s.* INTO v_status
     FROM mpesa_sync.bar_status_v1 AS s
     WHERE s.bar_id = p_bar_id;
 
     IF v_status.mpesa_enabled IS DISTINCT FROM v_status.expected THEN
-        PERFORM mpesa_sync.sync_bars_v1(ARRAY[p_bar_id]);
+        PERFORM mpesa_sync.sync_bars_v2(ARRAY[p_bar_id]);
         SELECT s.* INTO v_status
         FROM mpesa_sync.bar_status_v1 AS s
         WHERE s.bar_id = p_bar_id;

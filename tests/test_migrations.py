@@ -16,8 +16,18 @@ from mpesa_sync.resources import resource_dir
 from tests.support.catalog import describe, table_data
 from tests.support.cli import assert_one_line_error, run_module
 from tests.support.database import HOST_TEMPLATE, Database, fresh_database
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+# Someone waits for the ACCESS EXCLUSIVE lock on bars that DROP TRIGGER takes.
+AWAITS_BARS_EXCLUSIVELY = """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE relation = 'public.bars'::regclass
+          AND mode = 'AccessExclusiveLock'
+          AND NOT granted
+    )
+"""
 ALL_MIGRATIONS = sorted(
     p.stem for p in resource_dir("migrations").glob("*.sql") if not p.stem.endswith(".rollback")
 )
@@ -84,7 +94,7 @@ def test_yoyo_cli_applies_and_rolls_back(host_db: Database) -> None:
         capture_output=True,
         timeout=120,
     )
-    assert host_db.scalar("SELECT to_regprocedure('mpesa_sync.fix_bars_v1(uuid[])') IS NOT NULL")
+    assert host_db.scalar("SELECT to_regprocedure('mpesa_sync.fix_bars_v2(uuid[])') IS NOT NULL")
     subprocess.run(
         [yoyo, "rollback", "-b", "--all", "--no-config-file", "-d", url, folder],
         check=True,
@@ -139,10 +149,23 @@ def test_bars_that_refuse_do_not_stop_the_install(host_db: Database) -> None:
         CREATE TRIGGER host_guard BEFORE UPDATE ON bars FOR EACH ROW
             EXECUTE FUNCTION public.host_guard();
     """)
-    with host_db.connect(autocommit=False) as holder:
-        holder.execute("SELECT 1 FROM bars WHERE id = %s FOR UPDATE", (locked,))
-        report = migrations.migrate(host_db.dsn)
+    # A transaction holds one bar's row lock while 0002's install-time fix
+    # runs, and lets go only when 0004 asks for the lock that replacing a
+    # trigger on bars needs: the fix has given up on that bar by then.
+    holder = host_db.connect(autocommit=False)
+    holder.execute("SELECT 1 FROM bars WHERE id = %s FOR UPDATE", (locked,))
+
+    def release_when_0004_waits() -> None:
+        wait_for("0004 to wait for bars", lambda: host_db.scalar(AWAITS_BARS_EXCLUSIVELY), 60)
         holder.rollback()
+
+    releaser = threading.Thread(target=release_when_0004_waits)
+    releaser.start()
+    try:
+        report = migrations.migrate(host_db.dsn)
+    finally:
+        releaser.join()
+        holder.close()
     assert host_db.enabled(ok) is True
     assert [host_db.enabled(b) for b in (checked, guarded, locked)] == [False, True, True]
     refused = {r["bar_id"]: r for r in report.refused}

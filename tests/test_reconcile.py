@@ -1,4 +1,4 @@
-"""`mpesa-sync reconcile`: fixes drift in batches through fix_bars_v1, reports
+"""`mpesa-sync reconcile`: fixes drift in batches through fix_bars_v2, reports
 what refuses, re-checks, and is safe beside live writes and other reconciles."""
 
 from __future__ import annotations

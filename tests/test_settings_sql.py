@@ -42,11 +42,11 @@ def save(
 
 
 def state(db: Database, bar: uuid.UUID) -> dict[str, Any]:
-    """Everything a save could touch, down to the sync stripes and the alerts."""
+    """Everything a save could touch, down to the write tokens and the alerts."""
     return {
         **db.saved_state(bar),
         "alerts": db.query("SELECT * FROM mpesa_sync.alerts ORDER BY id"),
-        "stripes": db.scalar("SELECT sum(writes) FROM mpesa_sync.sync_stripes"),
+        "tokens": db.query("SELECT * FROM mpesa_sync.bar_write_tokens ORDER BY bar_id"),
     }
 
 

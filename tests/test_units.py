@@ -326,7 +326,12 @@ def test_advisory_lock_keys_are_the_ones_locks_sql_lists() -> None:
     assert len(listed) == 3
     assert set(used) == listed
     # migrate's, reconcile's and the event ids' keys are used where locks.sql says
-    assert used["470037132129"] == {"schema.sql", "0002_mpesa_sync_v1.sql"}
+    assert used["470037132129"] == {
+        "schema.sql",
+        "0002_mpesa_sync_v1.sql",
+        "0004_mpesa_sync_v2.sql",
+        "0004_mpesa_sync_v2.rollback.sql",
+    }
 
 
 def test_the_command_list_shows_each_commands_own_summary() -> None:

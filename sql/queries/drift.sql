@@ -1,8 +1,8 @@
 -- Drift: the queries of `mpesa-sync verify` and `mpesa-sync reconcile`.
 --
 -- Both find drift with one set-based pass (drift_scan), and reconcile fixes it
--- only through mpesa_sync.fix_bars_v1, the mechanism the install uses too
--- (through fix_all_v1): there is no second copy of the fix.
+-- only through mpesa_sync.fix_bars_v2, which syncs through sync_bars_v2 like
+-- every credential write: there is no second copy of the fix.
 
 -- name: set_work_mem
 -- For drift_scan: with this much memory the active-credential set of a few
@@ -49,14 +49,15 @@ WHERE a.acknowledged_at IS NULL;
 -- a bar refuses, records an alert for each bar that still refuses and returns
 -- those bars with the database's own error.
 SELECT f.bar_id, f.error, f.error_sqlstate, f.error_constraint
-FROM mpesa_sync.fix_bars_v1(%(bar_ids)s::uuid[]) AS f;
+FROM mpesa_sync.fix_bars_v2(%(bar_ids)s::uuid[]) AS f;
 
--- name: reconcile_events_since
--- How many of the batch's bars this batch changed: fix_bars_v1 tags its
--- events with source 'reconcile', and take_reconcile_lock (locks.sql) keeps any other
--- reconcile's batch out until this one commits.
+-- name: reconcile_changes_in_transaction
+-- How many bars this batch's transaction changed: its status changes wait in
+-- pending_changes until it commits (publish_status_events_v2 turns them into
+-- events then), each tagged with the source of the function that made it.
+-- A bar switched and switched back counts as no change, as in the events.
 SELECT count(*)
-FROM mpesa_sync.status_events AS e
-WHERE e.bar_id = ANY (%(bar_ids)s::uuid[])
-  AND e.event_id > %(after)s
-  AND e.source = 'reconcile';
+FROM mpesa_sync.pending_changes AS p
+WHERE p.xid = pg_current_xact_id()
+  AND p.source = 'reconcile'
+  AND p.mpesa_enabled IS DISTINCT FROM p.was_enabled;

@@ -1,8 +1,9 @@
 -- Queries about what is installed, and what `mpesa-sync migrate` left behind.
 
 -- name: schema_installed
--- True once migration 0002 has created the sync functions.
-SELECT to_regprocedure('mpesa_sync.fix_bars_v1(uuid[])') IS NOT NULL;
+-- True once the migrations this package needs have created the sync
+-- functions (fix_bars_v2 came with 0004).
+SELECT to_regprocedure('mpesa_sync.fix_bars_v2(uuid[])') IS NOT NULL;
 
 -- name: host_tables_present
 SELECT to_regclass('public.bars') IS NOT NULL AS bars,

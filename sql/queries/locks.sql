@@ -5,8 +5,8 @@
 --
 --   1835100535  'mpmw'   take_migrate_lock, below: a whole `mpesa-sync migrate`
 --   1836085859  'mprc'   take_reconcile_lock, below: one reconcile batch
---   470037132129 'mpesa' mpesa_sync.emit_status_events_v1 (sql/schema.sql):
---                        hands out event ids in commit order
+--   470037132129 'mpesa' mpesa_sync.publish_status_events_v2 (sql/schema.sql):
+--                        hands out event ids in commit order, at commit
 --
 -- The third lives in the function body, where it must stay; a test
 -- (tests/test_units.py) checks that the keys in sql/ and migrations/ are these

@@ -2,15 +2,14 @@
 --
 -- The relay never trusts notifications alone: after every (re)connect it
 -- LISTENs first and then reads status_events after the last id it delivered.
--- event_id order is commit order (see emit_status_events_v1), so
+-- event_id order is commit order (see publish_status_events_v2), so
 -- "event_id > last delivered" misses nothing and repeats nothing.
 
 -- name: relay_listen
 LISTEN mpesa_status;
 
 -- name: newest_event_id
--- Where a relay starts when it is not given --since, and where a reconcile
--- batch starts counting its own events. 0 on an empty table.
+-- Where a relay starts when it is not given --since. 0 on an empty table.
 SELECT coalesce(max(e.event_id), 0) FROM mpesa_sync.status_events AS e;
 
 -- name: relay_events_between

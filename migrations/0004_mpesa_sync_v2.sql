@@ -1,0 +1,554 @@
+-- mpesa_sync v2: the sync core at platform load.
+--
+-- * Event ids are handed out at commit, by a deferred constraint trigger that
+--   fires once per transaction, instead of under a lock held from a
+--   transaction's first status change to its commit (v1).
+-- * Credential writers of one bar take turns on a per-bar write token instead
+--   of one of 1024 hashed stripes, so writers of different bars never wait on
+--   each other because of us.
+-- * A single-row statement syncs through plans that read only its own bar at
+--   every table size; a multi-row statement is planned for the bars it holds.
+-- depends: 0003_mpesa_sync_settings_v1
+
+SET LOCAL lock_timeout = '5s';
+
+-- Tables -------------------------------------------------------------------------
+
+-- One row per bar whose credentials were ever written. Every credential
+-- statement bumps the rows of the bars it touches, in bar id order, and holds
+-- them until it commits. Under READ COMMITTED this makes two writers of one
+-- bar take turns, so the second recomputes with the first one's change in
+-- view; under REPEATABLE READ and SERIALIZABLE the second gets a
+-- serialization failure (40001) instead of computing from a stale snapshot
+-- (the write skew row locks alone cannot see: two writers each changing a
+-- different credential row of one bar). Writers of different bars touch
+-- different rows and never wait on each other.
+CREATE TABLE mpesa_sync.bar_write_tokens (
+    bar_id uuid PRIMARY KEY,
+    writes bigint NOT NULL DEFAULT 1
+) WITH (fillfactor = 50);  -- room for HOT updates: a bump never touches the index
+
+-- The status changes of transactions still in flight: one row per bar a
+-- transaction changed, with the value the bar had before the transaction
+-- first changed it and the value it has now. Written whenever a bar's
+-- mpesa_enabled changes (by record_status_changes_v2, within the statement
+-- that changed it, so a rolled-back savepoint takes its rows with it), turned
+-- into status events and deleted by the same transaction when it commits.
+-- Rows of other transactions are never visible, so nothing here is shared.
+-- UNLOGGED: rows live only inside one transaction, and a crash aborts every
+-- transaction that could have written them.
+CREATE UNLOGGED TABLE mpesa_sync.pending_changes (
+    xid xid8 NOT NULL,
+    bar_id uuid NOT NULL,
+    was_enabled boolean,
+    mpesa_enabled boolean NOT NULL,
+    source text NOT NULL,
+    -- True on the first row a transaction writes here: its insert queues the
+    -- deferred trigger that publishes the transaction's changes at commit,
+    -- so that trigger fires once per transaction, not once per change.
+    opens_commit boolean NOT NULL,
+    PRIMARY KEY (xid, bar_id)
+);
+
+-- One insert and one delete per change: vacuum often, so that lookups by xid
+-- stay on a few pages.
+ALTER TABLE mpesa_sync.pending_changes SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000
+);
+
+-- Sync ---------------------------------------------------------------------------
+
+-- Bring the given bars in line with their credentials, in the caller's
+-- transaction. Called by the credential triggers, save_settings and
+-- fix_bars_v2 with the bars their statement touched (distinct ids).
+--
+-- 1. Bump the bars' write tokens, in bar id order (see bar_write_tokens).
+--    Only bars that exist: a bar deleted in this transaction (its credentials
+--    go with it by cascade) needs no sync.
+-- 2. Recompute in a new statement: under READ COMMITTED it takes a fresh
+--    snapshot, so it sees every credential change committed by a writer we
+--    waited for in step 1. Only real changes are written; each one is
+--    recorded by record_status_changes_v2 for publishing at commit. Several
+--    bars are locked in id order first (one bar needs no order).
+--
+-- One bar: statements with a scalar parameter, whose plans are index lookups
+-- of that bar at every table size. More bars: dynamic SQL, planned for the
+-- actual array, so that 100,000 bars can take hash joins and 3 bars index
+-- lookups; a generic plan would fix one choice for both (v1 did, and at a
+-- thousand bars its hashed EXISTS read every credential for one toggle).
+CREATE FUNCTION mpesa_sync.sync_bars_v2(p_bar_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_bar_id uuid;
+BEGIN
+    IF coalesce(cardinality(p_bar_ids), 0) = 0 THEN
+        RETURN;
+    ELSIF cardinality(p_bar_ids) = 1 THEN
+        v_bar_id := p_bar_ids[1];
+
+        -- A bar's token row exists after its first write: a plain UPDATE
+        -- is cheaper than the speculative insertion of an upsert.
+        UPDATE mpesa_sync.bar_write_tokens AS t
+        SET writes = t.writes + 1
+        WHERE t.bar_id = v_bar_id;
+        IF NOT FOUND THEN
+            INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+            SELECT b.id
+            FROM public.bars AS b
+            WHERE b.id = v_bar_id
+            ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
+        END IF;
+
+        WITH rule AS MATERIALIZED (
+            SELECT EXISTS (
+                SELECT 1
+                FROM public.mpesa_credentials AS c
+                WHERE c.tenant_id = v_bar_id
+                  AND c.is_active
+            ) AS expected
+        )
+        UPDATE public.bars AS b
+        SET mpesa_enabled = r.expected
+        FROM rule AS r
+        WHERE b.id = v_bar_id
+          AND b.mpesa_enabled IS DISTINCT FROM r.expected;
+        RETURN;
+    END IF;
+
+    -- A statement over many bars may scan whole tables (the function's SET
+    -- clause restores the setting when it returns).
+    PERFORM set_config('enable_seqscan', 'on', true);
+
+    EXECUTE $sql$
+        INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+        SELECT b.id
+        FROM public.bars AS b
+        WHERE b.id = ANY ($1)
+        ORDER BY b.id
+        ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1
+    $sql$ USING p_bar_ids;
+
+    -- The bars that will change, locked in id order before they are written,
+    -- so that this statement and any other writer that locks bars in id
+    -- order never wait on each other in a cycle.
+    EXECUTE $sql$
+        SELECT 1
+        FROM public.bars AS b
+        JOIN mpesa_sync.bar_status_v1 AS s ON s.bar_id = b.id
+        WHERE b.id = ANY ($1)
+          AND s.mpesa_enabled IS DISTINCT FROM s.expected
+        ORDER BY b.id
+        FOR NO KEY UPDATE OF b
+    $sql$ USING p_bar_ids;
+
+    EXECUTE $sql$
+        UPDATE public.bars AS b
+        SET mpesa_enabled = s.expected
+        FROM mpesa_sync.bar_status_v1 AS s
+        WHERE s.bar_id = b.id
+          AND s.bar_id = ANY ($1)
+          AND s.mpesa_enabled IS DISTINCT FROM s.expected
+    $sql$ USING p_bar_ids;
+END
+$$;
+
+-- AFTER ... FOR EACH STATEMENT on mpesa_credentials: the bars a statement
+-- touched, then sync_bars_v2. As in v1, one function for every operation; each
+-- branch names only the transition tables its trigger has.
+CREATE FUNCTION mpesa_sync.credentials_changed_v2()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET mpesa_sync.source = 'credentials'
+AS $$
+DECLARE
+    v_bar_ids uuid[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        v_bar_ids := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows AS n);
+    ELSIF TG_OP = 'DELETE' THEN
+        v_bar_ids := ARRAY(SELECT DISTINCT o.tenant_id FROM old_rows AS o);
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Only rows whose is_active or tenant_id changed; a row that moved
+        -- between bars recomputes both.
+        v_bar_ids := ARRAY(
+            SELECT DISTINCT t.bar_id
+            FROM old_rows AS o
+            FULL JOIN new_rows AS n ON n.id = o.id
+            CROSS JOIN LATERAL (VALUES (o.tenant_id), (n.tenant_id)) AS t (bar_id)
+            WHERE t.bar_id IS NOT NULL
+              AND (o.id IS NULL
+                   OR n.id IS NULL
+                   OR o.tenant_id IS DISTINCT FROM n.tenant_id
+                   OR o.is_active IS DISTINCT FROM n.is_active)
+        );
+    ELSE  -- TRUNCATE: no transition tables; every bar that is not false is affected
+        v_bar_ids := ARRAY(
+            SELECT b.id FROM public.bars AS b WHERE b.mpesa_enabled IS DISTINCT FROM false
+        );
+    END IF;
+
+    PERFORM mpesa_sync.sync_bars_v2(v_bar_ids);
+    RETURN NULL;
+END
+$$;
+
+-- AFTER UPDATE ... FOR EACH STATEMENT on bars: every real change of a bar's
+-- mpesa_enabled, whoever made it, recorded in pending_changes for
+-- publish_status_events_v2 at commit. It replaces v1's emit_status_events_v1,
+-- which numbered and announced each change here, under a lock held to commit.
+-- The source comes from the function that made the change (its SET clause),
+-- else it was a corrected direct write. The value each bar had before the
+-- transaction first changed it is kept; the value it has now is updated.
+-- Transition tables carry no statistics: enable_nestloop = off keeps a
+-- 100k-row UPDATE of bars from joining them with a quadratic nested loop.
+CREATE FUNCTION mpesa_sync.record_status_changes_v2()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_nestloop = off
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_xid xid8 := pg_current_xact_id();
+BEGIN
+    -- opens_commit marks one row, and only when this transaction has no
+    -- pending change yet (the uncorrelated NOT EXISTS is evaluated once,
+    -- before the first row is inserted).
+    INSERT INTO mpesa_sync.pending_changes AS p (
+        xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
+    )
+    SELECT
+        v_xid,
+        c.id,
+        c.was_enabled,
+        c.mpesa_enabled,
+        coalesce(nullif(current_setting('mpesa_sync.source', true), ''), 'correction'),
+        c.first AND NOT EXISTS (
+            SELECT 1 FROM mpesa_sync.pending_changes AS q WHERE q.xid = v_xid
+        )
+    FROM (
+        SELECT
+            n.id,
+            o.mpesa_enabled AS was_enabled,
+            n.mpesa_enabled,
+            row_number() OVER (ORDER BY n.id) = 1 AS first
+        FROM new_rows AS n
+        JOIN old_rows AS o ON o.id = n.id
+        WHERE o.mpesa_enabled IS DISTINCT FROM n.mpesa_enabled
+    ) AS c
+    ON CONFLICT (xid, bar_id) DO UPDATE
+    SET mpesa_enabled = excluded.mpesa_enabled,
+        source = excluded.source;
+    RETURN NULL;
+END
+$$;
+
+-- Events at commit ------------------------------------------------------------------
+
+-- The deferred constraint trigger on pending_changes: fires once per
+-- transaction (see opens_commit), after the transaction's last statement, when it commits (or at
+-- PREPARE TRANSACTION, or at SET CONSTRAINTS ALL IMMEDIATE).
+--
+-- A bar's net change is the value it commits with against its value before
+-- the transaction first changed it: a bar switched off and on again in one
+-- transaction is no change and gets no event. Nothing here reads bars: the
+-- values come from pending_changes, kept up to date by
+-- record_status_changes_v2.
+--
+-- Event ids must be strictly increasing in commit order, so that a reader who
+-- remembers the last id it handled never skips one. They are handed out under
+-- a transaction-level advisory lock, taken here, at commit, and released only
+-- after the commit is visible to every other session: no transaction can take
+-- ids after ours until ours is committed. The lock is held from here to the
+-- end of the commit, the moments in which PostgreSQL already serialises every
+-- commit that sends a NOTIFY (PreCommit_Notify). A transaction without a net
+-- change takes no lock, so PREPARE TRANSACTION of it holds none.
+-- 470037132129 is 'mpesa' in ASCII.
+CREATE FUNCTION mpesa_sync.publish_status_events_v2()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_notified bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(470037132129)
+    WHERE EXISTS (
+        SELECT 1
+        FROM mpesa_sync.pending_changes AS p
+        WHERE p.xid = NEW.xid
+          AND p.mpesa_enabled IS DISTINCT FROM p.was_enabled
+    );
+
+    WITH published AS (
+        DELETE FROM mpesa_sync.pending_changes AS p
+        WHERE p.xid = NEW.xid
+        RETURNING p.bar_id, p.was_enabled, p.mpesa_enabled, p.source
+    ),
+    inserted AS (
+        INSERT INTO mpesa_sync.status_events (bar_id, mpesa_enabled, source)
+        SELECT p.bar_id, p.mpesa_enabled, p.source
+        FROM published AS p
+        WHERE p.mpesa_enabled IS DISTINCT FROM p.was_enabled
+        ORDER BY p.bar_id
+        RETURNING event_id, bar_id, mpesa_enabled, source, at
+    )
+    SELECT count(pg_notify(
+        'mpesa_status',
+        json_build_object(
+            'event_id', i.event_id,
+            'bar_id', i.bar_id,
+            'mpesa_enabled', i.mpesa_enabled,
+            'source', i.source,
+            'at', i.at
+        )::text
+    ))
+    INTO v_notified
+    FROM inserted AS i;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER mpesa_sync_publish_v2
+    AFTER INSERT ON mpesa_sync.pending_changes
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (NEW.opens_commit)
+    EXECUTE FUNCTION mpesa_sync.publish_status_events_v2();
+
+-- Reconcile ------------------------------------------------------------------------
+
+-- Fix the given bars: the one mechanism behind `mpesa-sync reconcile` (and,
+-- through sync_bars_v2, behind every credential write). The whole set is tried
+-- at once; if any bar refuses (a host CHECK, a host trigger, a lock timeout),
+-- the set is retried bar by bar, and each bar that still refuses is left as it
+-- is, raised as a WARNING with the database's error, recorded in alerts, and
+-- returned. A fix takes the bar's write token like a credential writer, so a
+-- value computed here never lands beside a racing credential change unseen.
+CREATE FUNCTION mpesa_sync.fix_bars_v2(p_bar_ids uuid[])
+RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET mpesa_sync.source = 'reconcile'
+AS $$
+DECLARE
+    v_bar_id uuid;
+BEGIN
+    BEGIN
+        PERFORM mpesa_sync.sync_bars_v2(ARRAY(SELECT DISTINCT u FROM unnest(p_bar_ids) AS u));
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;  -- some bar refused: retry bar by bar below
+    END;
+
+    FOR v_bar_id IN SELECT DISTINCT u FROM unnest(p_bar_ids) AS u ORDER BY u LOOP
+        BEGIN
+            PERFORM mpesa_sync.sync_bars_v2(ARRAY[v_bar_id]);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS
+                error = MESSAGE_TEXT,
+                error_sqlstate = RETURNED_SQLSTATE,
+                error_constraint = CONSTRAINT_NAME;
+            bar_id := v_bar_id;
+            error_constraint := nullif(error_constraint, '');
+            RAISE WARNING 'mpesa_sync: bar % refused its status fix: % (SQLSTATE %)',
+                v_bar_id, error, error_sqlstate;
+            PERFORM mpesa_sync.raise_alert_v1(
+                'fix_refused',
+                v_bar_id,
+                jsonb_build_object(
+                    'error', error,
+                    'sqlstate', error_sqlstate,
+                    'constraint', error_constraint
+                )
+            );
+            RETURN NEXT;
+        END;
+    END LOOP;
+END
+$$;
+
+-- The settings API, now syncing through sync_bars_v2. Same name, arguments,
+-- validation and result as in 0003: only the sync underneath changed.
+CREATE OR REPLACE FUNCTION mpesa_sync.save_settings(
+    p_bar_id uuid,
+    p_environment text,
+    p_business_shortcode text,
+    p_consumer_key_enc bytea,
+    p_consumer_secret_enc bytea,
+    p_passkey_enc bytea,
+    p_is_active boolean
+)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET mpesa_sync.source = 'credentials'
+AS $$
+DECLARE
+    v_credential_id uuid;
+    v_status mpesa_sync.bar_status_v1;
+BEGIN
+    IF p_bar_id IS NULL THEN
+        RAISE EXCEPTION 'invalid bar_id: required'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'bar_id';
+    END IF;
+    IF p_environment IS NULL OR p_environment NOT IN ('sandbox', 'production') THEN
+        RAISE EXCEPTION 'invalid environment: must be sandbox or production'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'environment';
+    END IF;
+    IF p_business_shortcode IS NULL OR p_business_shortcode !~ '^[0-9]{5,7}$' THEN
+        RAISE EXCEPTION 'invalid business_shortcode: must be 5 to 7 digits'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'business_shortcode';
+    END IF;
+    IF coalesce(octet_length(p_consumer_key_enc), 0) = 0 THEN
+        RAISE EXCEPTION 'invalid consumer_key_enc: required and must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'consumer_key_enc';
+    END IF;
+    IF coalesce(octet_length(p_consumer_secret_enc), 0) = 0 THEN
+        RAISE EXCEPTION 'invalid consumer_secret_enc: required and must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'consumer_secret_enc';
+    END IF;
+    IF coalesce(octet_length(p_passkey_enc), 0) = 0 THEN
+        RAISE EXCEPTION 'invalid passkey_enc: required and must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'passkey_enc';
+    END IF;
+    IF p_is_active IS NULL THEN
+        RAISE EXCEPTION 'invalid is_active: required'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'is_active';
+    END IF;
+    -- A bar deleted after this check still fails, on the foreign key, with
+    -- the same SQLSTATE.
+    IF NOT EXISTS (SELECT 1 FROM public.bars AS b WHERE b.id = p_bar_id) THEN
+        RAISE EXCEPTION 'unknown bar_id: no bar %', p_bar_id
+            USING ERRCODE = 'foreign_key_violation', COLUMN = 'bar_id';
+    END IF;
+
+    INSERT INTO public.mpesa_credentials AS c (
+        tenant_id, environment, business_shortcode,
+        consumer_key_enc, consumer_secret_enc, passkey_enc, is_active
+    )
+    VALUES (
+        p_bar_id, p_environment, p_business_shortcode,
+        p_consumer_key_enc, p_consumer_secret_enc, p_passkey_enc, p_is_active
+    )
+    ON CONFLICT (tenant_id, environment) DO UPDATE
+    SET business_shortcode = excluded.business_shortcode,
+        consumer_key_enc = excluded.consumer_key_enc,
+        consumer_secret_enc = excluded.consumer_secret_enc,
+        passkey_enc = excluded.passkey_enc,
+        is_active = excluded.is_active
+    RETURNING c.id INTO v_credential_id;
+
+    -- The upsert's trigger synced the bar when is_active changed; a bar that
+    -- had drifted before this call is synced here.
+    SELECT s.* INTO v_status
+    FROM mpesa_sync.bar_status_v1 AS s
+    WHERE s.bar_id = p_bar_id;
+
+    IF v_status.mpesa_enabled IS DISTINCT FROM v_status.expected THEN
+        PERFORM mpesa_sync.sync_bars_v2(ARRAY[p_bar_id]);
+        SELECT s.* INTO v_status
+        FROM mpesa_sync.bar_status_v1 AS s
+        WHERE s.bar_id = p_bar_id;
+    END IF;
+
+    RETURN jsonb_build_object(
+        'success', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,
+        'credentials_saved', true,
+        'status_synced', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,
+        'mpesa_enabled', v_status.mpesa_enabled,
+        'bar_id', p_bar_id,
+        'environment', p_environment,
+        'is_active', p_is_active,
+        'credential_id', v_credential_id
+    );
+END
+$$;
+
+-- Triggers: v1 out, v2 in -------------------------------------------------------------
+
+DROP TRIGGER mpesa_sync_credentials_insert_v1 ON public.mpesa_credentials;
+DROP TRIGGER mpesa_sync_credentials_update_v1 ON public.mpesa_credentials;
+DROP TRIGGER mpesa_sync_credentials_delete_v1 ON public.mpesa_credentials;
+DROP TRIGGER mpesa_sync_credentials_truncate_v1 ON public.mpesa_credentials;
+DROP TRIGGER mpesa_sync_status_events_v1 ON public.bars;
+
+CREATE TRIGGER mpesa_sync_credentials_insert_v2
+    AFTER INSERT ON public.mpesa_credentials
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+
+CREATE TRIGGER mpesa_sync_credentials_update_v2
+    AFTER UPDATE ON public.mpesa_credentials
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+
+CREATE TRIGGER mpesa_sync_credentials_delete_v2
+    AFTER DELETE ON public.mpesa_credentials
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+
+CREATE TRIGGER mpesa_sync_credentials_truncate_v2
+    AFTER TRUNCATE ON public.mpesa_credentials
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+
+-- The correction triggers of v1 (zz_mpesa_sync_correct_*_v1, correct_bar_v1)
+-- stay as they are.
+CREATE TRIGGER mpesa_sync_status_changes_v2
+    AFTER UPDATE ON public.bars
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.record_status_changes_v2();
+
+DROP FUNCTION mpesa_sync.fix_all_v1(integer);
+DROP FUNCTION mpesa_sync.fix_bars_v1(uuid[]);
+DROP FUNCTION mpesa_sync.emit_status_events_v1();
+DROP FUNCTION mpesa_sync.credentials_changed_v1();
+DROP FUNCTION mpesa_sync.sync_bars_v1(uuid[]);
+DROP TABLE mpesa_sync.sync_stripes;
+
+-- Privileges ------------------------------------------------------------------------
+
+-- Nothing new is for anyone but the functions above (every one SECURITY
+-- DEFINER): revoked from PUBLIC, and by name from Supabase's customer roles in
+-- case default privileges granted them something.
+REVOKE ALL ON FUNCTION mpesa_sync.sync_bars_v2(uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.credentials_changed_v2() FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.record_status_changes_v2() FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.publish_status_events_v2() FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.fix_bars_v2(uuid[]) FROM PUBLIC;
+REVOKE ALL ON TABLE mpesa_sync.bar_write_tokens FROM PUBLIC;
+REVOKE ALL ON TABLE mpesa_sync.pending_changes FROM PUBLIC;
+
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            EXECUTE format(
+                'REVOKE ALL ON TABLE mpesa_sync.bar_write_tokens, mpesa_sync.pending_changes'
+                ' FROM %I',
+                v_role
+            );
+            EXECUTE format(
+                'REVOKE ALL ON FUNCTION mpesa_sync.sync_bars_v2(uuid[]),'
+                ' mpesa_sync.fix_bars_v2(uuid[]) FROM %I',
+                v_role
+            );
+        END IF;
+    END LOOP;
+END
+$$;
