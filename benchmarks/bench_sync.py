@@ -49,8 +49,12 @@ def toggle_samples(dsn: str, toggles: int, *, durable: bool) -> list[float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         if not durable:
             conn.execute("SET synchronous_commit = off")
-        ids = [r[0] for r in conn.execute(
-            "SELECT id FROM mpesa_credentials ORDER BY id LIMIT %s", (toggles,))]
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM mpesa_credentials ORDER BY id LIMIT %s", (toggles,)
+            )
+        ]
         cur = conn.cursor()
 
         def run() -> None:
@@ -75,12 +79,16 @@ def run(bench: Bench) -> list[Result]:
             prepare(after, rows, install=True)
             bare, ours = flip_samples(before), flip_samples(after)
             main = rows == flip_rows
-            results.append(Result(
-                name=f"bulk flip, {rows:,} credential rows in one statement",
-                ours=ours, bare=bare, target=2.0 if main else None,
-                note="after vs before install; every row changes its bar, so each flip "
-                     f"writes {rows:,} bars, events and notifications",
-            ))
+            results.append(
+                Result(
+                    name=f"bulk flip, {rows:,} credential rows in one statement",
+                    ours=ours,
+                    bare=bare,
+                    target=2.0 if main else None,
+                    note="after vs before install; every row changes its bar, so each flip "
+                    f"writes {rows:,} bars, events and notifications",
+                )
+            )
             if main:
                 results.extend(_toggles(before, after, toggles))
     return results

@@ -44,8 +44,12 @@ def main() -> None:
             print(f"  rewrite of every bar, no trigger at all {twice / 2 * 1000:9.0f} ms")
             conn.execute(query("profile_enable_sync"))
 
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM mpesa_credentials ORDER BY id LIMIT %s", (TOGGLES,))]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM mpesa_credentials ORDER BY id LIMIT %s", (TOGGLES,)
+                )
+            ]
             conn.execute("SELECT pg_stat_reset()")
             start = time.perf_counter()
             for cred in ids:
@@ -69,8 +73,10 @@ def _report(conn: psycopg.Connection, *, per_call: bool) -> None:
     conn.execute("SELECT pg_stat_force_next_flush()")
     for name, calls, total, own in conn.execute(query("profile_functions")):
         if per_call:
-            print(f"  {name:<26} total {total / calls * 1000:7.1f} us  "
-                  f"self {own / calls * 1000:7.1f} us  per toggle")
+            print(
+                f"  {name:<26} total {total / calls * 1000:7.1f} us  "
+                f"self {own / calls * 1000:7.1f} us  per toggle"
+            )
         else:
             print(f"  {name:<26} total {total:7.0f} ms  self {own:7.0f} ms  ({calls:,} calls)")
 

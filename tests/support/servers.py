@@ -37,10 +37,11 @@ class Server:
     def dsn(self, dbname: str = "postgres") -> str:
         return self.admin_dsn_template.format(dbname=dbname)
 
-    def restart(self) -> None:
+    def restart(self, mode: str = "fast") -> None:
+        """Stop (``immediate``: as a crash would) and start again."""
         if self.cluster is None:
             raise RuntimeError(f"{self.label} is not ours to restart")
-        self.cluster.stop()
+        self.cluster.stop(mode)
         self.cluster.start()
 
     def close(self) -> None:
@@ -120,7 +121,8 @@ def _docker() -> Server | None:
 
 
 def _own_cluster(label: str, bindir: Path) -> Server:
-    cluster = Cluster(bindir).start()
+    # Prepared transactions on, for the tests of PREPARE TRANSACTION.
+    cluster = Cluster(bindir, settings={"max_prepared_transactions": "10"}).start()
     return Server(
         label + f"-pg{cluster.version}" if label == "embedded" else label,
         cluster.dsn("{dbname}"),
