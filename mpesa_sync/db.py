@@ -147,6 +147,16 @@ def require_schema(conn: psycopg.Connection[Any]) -> None:
         raise SchemaNotInstalled()
 
 
+def require_sync_core_v2(conn: psycopg.Connection[Any]) -> None:
+    """Raise SchemaNotInstalled unless 0004's sync core is there (reconcile calls it)."""
+    row = conn.execute(query("sync_core_v2_installed")).fetchone()
+    if not row or not row[0]:
+        raise SchemaNotInstalled(
+            "the mpesa_sync schema is older than this mpesa-sync (0004_mpesa_sync_v2 is "
+            "not applied); run `mpesa-sync migrate` first"
+        )
+
+
 async def require_schema_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """:func:`require_schema` for asyncio (the relay's start)."""
     row = await (await conn.execute(query("schema_installed"))).fetchone()

@@ -114,6 +114,8 @@ def reconcile(
         conn.read_only = dry_run  # applies to the transaction blocks below
         with conn.transaction():
             db.require_schema(conn)
+            if not dry_run:
+                db.require_sync_core_v2(conn)
             scan = scan_drift(conn, limit=None)
         drifted = sorted(scan.sample)  # batches in id order, the order the triggers lock in
         report = ReconcileReport(scan.checked, scan.drifted, dry_run=dry_run)

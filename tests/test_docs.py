@@ -64,6 +64,7 @@ from mpesa_sync import alerts, cli, migrations
 from mpesa_sync.crypto import KEY_ENV, CredentialCipher
 from mpesa_sync.relay.app import create_app
 from mpesa_sync.relay.events import StatusEvent
+from mpesa_sync.resources import resource_dir
 from mpesa_sync.verification import VerifyReport, write_prometheus
 from tests.support.cli import run_cli
 from tests.support.database import Database
@@ -74,6 +75,10 @@ EXAMPLE_BAR = uuid.UUID("3f0c8a52-6f0e-4c1e-9a57-2b8d1c0e7a11")
 EXAMPLE_URL = "postgresql+psycopg://postgres@db.example:5432/postgres"
 PROGRAMS = {"mpesa-sync", "yoyo", "psql", "curl", "export", "make", "pip"}
 RUN_ON_A_TEST_DATABASE = {"migrate", "verify", "reconcile", "alerts", "settings show"}
+
+ALL_MIGRATIONS = sorted(
+    p.stem for p in resource_dir("migrations").glob("*.sql") if not p.stem.endswith(".rollback")
+)
 
 
 @dataclass(frozen=True)
@@ -350,14 +355,15 @@ def test_yoyo_lines_run(host_db: Database) -> None:
         command = [yoyo if w == "yoyo" else url if w == EXAMPLE_URL else w for w in argv]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{shlex.join(argv)}: {result.stderr}"
-        installed = host_db.scalar(
-            "SELECT to_regprocedure('mpesa_sync.save_settings(uuid, text, "
-            "text, bytea, bytea, bytea, boolean)') IS NOT NULL"
-        )
+        applied = host_db.scalar("SELECT count(*) FROM _yoyo_migration")
         if argv[1] == "apply":
-            assert installed
+            assert applied == len(ALL_MIGRATIONS)
+            assert host_db.scalar(
+                "SELECT to_regprocedure('mpesa_sync.save_settings(uuid, text, "
+                "text, bytea, bytea, bytea, boolean)') IS NOT NULL"
+            )
         elif argv[1] == "rollback":
-            assert not installed  # at least the newest migration went
+            assert applied == len(ALL_MIGRATIONS) - 1  # one step, the newest
 
 
 def test_psql_lines_run(db: Database) -> None:

@@ -1,8 +1,13 @@
 -- Queries about what is installed, and what `mpesa-sync migrate` left behind.
 
 -- name: schema_installed
--- True once the migrations this package needs have created the sync
--- functions (fix_bars_v2 came with 0004).
+-- True once the rule and the event log exist (0002 and later): what verify
+-- and the relay read, the same in every version of the sync core.
+SELECT to_regclass('mpesa_sync.bar_status_v1') IS NOT NULL
+   AND to_regclass('mpesa_sync.status_events') IS NOT NULL;
+
+-- name: sync_core_v2_installed
+-- True once 0004 has installed the v2 sync core, which reconcile calls.
 SELECT to_regprocedure('mpesa_sync.fix_bars_v2(uuid[])') IS NOT NULL;
 
 -- name: host_tables_present

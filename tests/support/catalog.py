@@ -24,8 +24,8 @@ _QUERIES = {
         SELECT nspname, nspacl::text, obj_description(oid, 'pg_namespace')
         FROM pg_namespace WHERE oid IN ({_USER_NAMESPACES}) ORDER BY 1""",
     "relations": f"""
-        SELECT n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relacl::text,
-               obj_description(c.oid, 'pg_class')
+        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relrowsecurity,
+               c.relacl::text, c.reloptions::text, obj_description(c.oid, 'pg_class')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relnamespace IN ({_USER_NAMESPACES}) ORDER BY 1, 2""",
     "columns": f"""
