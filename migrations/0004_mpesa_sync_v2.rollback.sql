@@ -14,7 +14,9 @@ DROP TRIGGER mpesa_sync_status_changes_v2 ON public.bars;
 
 DROP FUNCTION mpesa_sync.fix_bars_v2(uuid[]);
 DROP FUNCTION mpesa_sync.credentials_changed_v2();
-DROP FUNCTION mpesa_sync.sync_bars_v2(uuid[]);
+DROP FUNCTION mpesa_sync.sync_bars_v2(uuid[], uuid[]);
+DROP FUNCTION mpesa_sync.check_snapshot_v2(uuid[]);
+DROP FUNCTION mpesa_sync.bump_tokens_v2(uuid[]);
 DROP FUNCTION mpesa_sync.record_status_changes_v2();
 DROP TABLE mpesa_sync.pending_changes;  -- its publish trigger goes with it
 DROP FUNCTION mpesa_sync.publish_status_events_v2();

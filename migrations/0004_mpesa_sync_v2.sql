@@ -3,9 +3,10 @@
 -- * Event ids are handed out at commit, by a deferred constraint trigger that
 --   fires once per transaction, instead of under a lock held from a
 --   transaction's first status change to its commit (v1).
--- * Credential writers of one bar take turns on a per-bar write token instead
---   of one of 1024 hashed stripes, so writers of different bars never wait on
---   each other because of us.
+-- * Credential writers of one bar take turns on the bar's row alone; the
+--   1024 hashed stripes are gone, so writers of different bars never wait on
+--   each other because of us. Transactions at REPEATABLE READ and above check
+--   their snapshot instead (check_snapshot_v2, bar_write_tokens).
 -- * A single-row statement syncs through plans that read only its own bar at
 --   every table size; a multi-row statement is planned for the bars it holds.
 -- depends: 0003_mpesa_sync_settings_v1
@@ -14,15 +15,17 @@ SET LOCAL lock_timeout = '5s';
 
 -- Tables -------------------------------------------------------------------------
 
--- One row per bar whose credentials were ever written. Every credential
--- statement bumps the rows of the bars it touches, in bar id order, and holds
--- them until it commits. Under READ COMMITTED this makes two writers of one
--- bar take turns, so the second recomputes with the first one's change in
--- view; under REPEATABLE READ and SERIALIZABLE the second gets a
--- serialization failure (40001) instead of computing from a stale snapshot
--- (the write skew row locks alone cannot see: two writers each changing a
--- different credential row of one bar). Writers of different bars touch
--- different rows and never wait on each other.
+-- Traces for transactions that read an older snapshot (REPEATABLE READ and
+-- SERIALIZABLE). Such a transaction cannot see a credential change committed
+-- after its snapshot, so before it syncs a bar it checks that none was: a
+-- changed or deleted row shows when the transaction locks the rows it can see
+-- (see check_snapshot_v2), but a row added to the bar after its snapshot is
+-- invisible. Every statement that adds a row to a bar (an INSERT, or an
+-- UPDATE that moves a row to another bar) therefore bumps the bar's token,
+-- and so does every credential write of such a transaction: bumping a token
+-- that a transaction committed after our snapshot has bumped is a
+-- serialization failure (40001), which the caller retries. One row per bar;
+-- writers of different bars touch different rows.
 CREATE TABLE mpesa_sync.bar_write_tokens (
     bar_id uuid PRIMARY KEY,
     writes bigint NOT NULL DEFAULT 1
@@ -59,25 +62,81 @@ ALTER TABLE mpesa_sync.pending_changes SET (
 
 -- Sync ---------------------------------------------------------------------------
 
+-- Under REPEATABLE READ or SERIALIZABLE, fail with a serialization failure
+-- (40001) rather than sync from a snapshot that misses a credential change
+-- of these bars committed after it (see bar_write_tokens). The caller retries
+-- in a new transaction, which sees the change.
+--
+-- 1. Bump the tokens of the bars, in bar id order: a transaction committed
+--    after our snapshot that added a row to one of them bumped it too.
+-- 2. Lock the credential rows of the bars that our snapshot sees: a row
+--    changed or deleted by a transaction committed after our snapshot fails
+--    the lock with 40001. A row another transaction is changing right now
+--    would make us wait for it while it may wait for our bar locks, so we do
+--    not wait: its lock is a serialization failure too.
+CREATE FUNCTION mpesa_sync.check_snapshot_v2(p_bar_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM mpesa_sync.bump_tokens_v2(p_bar_ids);
+    BEGIN
+        PERFORM 1
+        FROM public.mpesa_credentials AS c
+        WHERE c.tenant_id = ANY (p_bar_ids)
+        FOR SHARE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'mpesa_sync: a credential of a bar being synced is being changed concurrently'
+            USING ERRCODE = 'serialization_failure',
+                  HINT = 'retry the transaction';
+    END;
+END
+$$;
+
+-- Bump the write tokens of the given bars, in bar id order; only bars that
+-- exist (a bar deleted in this transaction needs no trace).
+CREATE FUNCTION mpesa_sync.bump_tokens_v2(p_bar_ids uuid[])
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+    SELECT b.id
+    FROM public.bars AS b
+    WHERE b.id = ANY (p_bar_ids)
+    ORDER BY b.id
+    ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
+$$;
+
 -- Bring the given bars in line with their credentials, in the caller's
 -- transaction. Called by the credential triggers, save_settings and
--- fix_bars_v2 with the bars their statement touched (distinct ids).
+-- fix_bars_v2 with the bars a statement touched (distinct ids) and, of
+-- those, the bars it added a credential row to (see bar_write_tokens).
 --
--- 1. Bump the bars' write tokens, in bar id order (see bar_write_tokens).
---    Only bars that exist: a bar deleted in this transaction (its credentials
---    go with it by cascade) needs no sync.
--- 2. Recompute in a new statement: under READ COMMITTED it takes a fresh
+-- 1. Lock the bars' rows in id order, FOR NO KEY UPDATE: the lock an UPDATE
+--    of bars takes, and the one a hand-written dual write would hold too.
+--    Writers of one bar take turns here: two transactions that each change a
+--    different credential row of one bar cannot both decide from a snapshot
+--    that misses the other's change. Writers of different bars lock
+--    different rows and never wait on each other. (NO KEY UPDATE does not
+--    conflict with the KEY SHARE lock a credential insert's foreign key
+--    check takes on the bar.)
+-- 2. The traces of step 1 in bar_write_tokens, and the snapshot check of
+--    REPEATABLE READ and SERIALIZABLE transactions.
+-- 3. Recompute in a new statement: under READ COMMITTED it takes a fresh
 --    snapshot, so it sees every credential change committed by a writer we
 --    waited for in step 1. Only real changes are written; each one is
---    recorded by record_status_changes_v2 for publishing at commit. Several
---    bars are locked in id order first (one bar needs no order).
+--    recorded by record_status_changes_v2 for publishing at commit.
 --
 -- One bar: statements with a scalar parameter, whose plans are index lookups
 -- of that bar at every table size. More bars: dynamic SQL, planned for the
 -- actual array, so that 100,000 bars can take hash joins and 3 bars index
 -- lookups; a generic plan would fix one choice for both (v1 did, and at a
 -- thousand bars its hashed EXISTS read every credential for one toggle).
-CREATE FUNCTION mpesa_sync.sync_bars_v2(p_bar_ids uuid[])
+CREATE FUNCTION mpesa_sync.sync_bars_v2(p_bar_ids uuid[], p_added_to uuid[])
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -91,20 +150,30 @@ BEGIN
         RETURN;
     ELSIF cardinality(p_bar_ids) = 1 THEN
         v_bar_id := p_bar_ids[1];
-
-        -- A bar's token row exists after its first write: a plain UPDATE
-        -- is cheaper than the speculative insertion of an upsert.
-        UPDATE mpesa_sync.bar_write_tokens AS t
-        SET writes = t.writes + 1
-        WHERE t.bar_id = v_bar_id;
-        IF NOT FOUND THEN
-            INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
-            SELECT b.id
+        PERFORM 1
+        FROM public.bars AS b
+        WHERE b.id = v_bar_id
+        FOR NO KEY UPDATE;
+    ELSE
+        -- A statement over many bars may scan whole tables (the function's
+        -- SET clause restores the setting when it returns).
+        PERFORM set_config('enable_seqscan', 'on', true);
+        EXECUTE $sql$
+            SELECT 1
             FROM public.bars AS b
-            WHERE b.id = v_bar_id
-            ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
-        END IF;
+            WHERE b.id = ANY ($1)
+            ORDER BY b.id
+            FOR NO KEY UPDATE
+        $sql$ USING p_bar_ids;
+    END IF;
 
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM mpesa_sync.check_snapshot_v2(p_bar_ids);
+    ELSIF cardinality(p_added_to) > 0 THEN
+        PERFORM mpesa_sync.bump_tokens_v2(p_added_to);
+    END IF;
+
+    IF v_bar_id IS NOT NULL THEN
         WITH rule AS MATERIALIZED (
             SELECT EXISTS (
                 SELECT 1
@@ -118,43 +187,16 @@ BEGIN
         FROM rule AS r
         WHERE b.id = v_bar_id
           AND b.mpesa_enabled IS DISTINCT FROM r.expected;
-        RETURN;
+    ELSE
+        EXECUTE $sql$
+            UPDATE public.bars AS b
+            SET mpesa_enabled = s.expected
+            FROM mpesa_sync.bar_status_v1 AS s
+            WHERE s.bar_id = b.id
+              AND s.bar_id = ANY ($1)
+              AND s.mpesa_enabled IS DISTINCT FROM s.expected
+        $sql$ USING p_bar_ids;
     END IF;
-
-    -- A statement over many bars may scan whole tables (the function's SET
-    -- clause restores the setting when it returns).
-    PERFORM set_config('enable_seqscan', 'on', true);
-
-    EXECUTE $sql$
-        INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
-        SELECT b.id
-        FROM public.bars AS b
-        WHERE b.id = ANY ($1)
-        ORDER BY b.id
-        ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1
-    $sql$ USING p_bar_ids;
-
-    -- The bars that will change, locked in id order before they are written,
-    -- so that this statement and any other writer that locks bars in id
-    -- order never wait on each other in a cycle.
-    EXECUTE $sql$
-        SELECT 1
-        FROM public.bars AS b
-        JOIN mpesa_sync.bar_status_v1 AS s ON s.bar_id = b.id
-        WHERE b.id = ANY ($1)
-          AND s.mpesa_enabled IS DISTINCT FROM s.expected
-        ORDER BY b.id
-        FOR NO KEY UPDATE OF b
-    $sql$ USING p_bar_ids;
-
-    EXECUTE $sql$
-        UPDATE public.bars AS b
-        SET mpesa_enabled = s.expected
-        FROM mpesa_sync.bar_status_v1 AS s
-        WHERE s.bar_id = b.id
-          AND s.bar_id = ANY ($1)
-          AND s.mpesa_enabled IS DISTINCT FROM s.expected
-    $sql$ USING p_bar_ids;
 END
 $$;
 
@@ -170,32 +212,37 @@ SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
     v_bar_ids uuid[];
+    v_added_to uuid[] := '{}';
 BEGIN
     IF TG_OP = 'INSERT' THEN
         v_bar_ids := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows AS n);
+        v_added_to := v_bar_ids;
     ELSIF TG_OP = 'DELETE' THEN
         v_bar_ids := ARRAY(SELECT DISTINCT o.tenant_id FROM old_rows AS o);
     ELSIF TG_OP = 'UPDATE' THEN
         -- Only rows whose is_active or tenant_id changed; a row that moved
-        -- between bars recomputes both.
-        v_bar_ids := ARRAY(
-            SELECT DISTINCT t.bar_id
-            FROM old_rows AS o
-            FULL JOIN new_rows AS n ON n.id = o.id
-            CROSS JOIN LATERAL (VALUES (o.tenant_id), (n.tenant_id)) AS t (bar_id)
-            WHERE t.bar_id IS NOT NULL
-              AND (o.id IS NULL
-                   OR n.id IS NULL
-                   OR o.tenant_id IS DISTINCT FROM n.tenant_id
-                   OR o.is_active IS DISTINCT FROM n.is_active)
-        );
+        -- between bars recomputes both, and was added to the second.
+        SELECT coalesce(array_agg(DISTINCT t.bar_id), '{}'),
+               coalesce(array_agg(DISTINCT t.bar_id) FILTER (WHERE t.added), '{}')
+        INTO v_bar_ids, v_added_to
+        FROM old_rows AS o
+        FULL JOIN new_rows AS n ON n.id = o.id
+        CROSS JOIN LATERAL (
+            VALUES (o.tenant_id, false),
+                   (n.tenant_id, o.tenant_id IS DISTINCT FROM n.tenant_id)
+        ) AS t (bar_id, added)
+        WHERE t.bar_id IS NOT NULL
+          AND (o.id IS NULL
+               OR n.id IS NULL
+               OR o.tenant_id IS DISTINCT FROM n.tenant_id
+               OR o.is_active IS DISTINCT FROM n.is_active);
     ELSE  -- TRUNCATE: no transition tables; every bar that is not false is affected
         v_bar_ids := ARRAY(
             SELECT b.id FROM public.bars AS b WHERE b.mpesa_enabled IS DISTINCT FROM false
         );
     END IF;
 
-    PERFORM mpesa_sync.sync_bars_v2(v_bar_ids);
+    PERFORM mpesa_sync.sync_bars_v2(v_bar_ids, v_added_to);
     RETURN NULL;
 END
 $$;
@@ -334,8 +381,8 @@ CREATE CONSTRAINT TRIGGER mpesa_sync_publish_v2
 -- at once; if any bar refuses (a host CHECK, a host trigger, a lock timeout),
 -- the set is retried bar by bar, and each bar that still refuses is left as it
 -- is, raised as a WARNING with the database's error, recorded in alerts, and
--- returned. A fix takes the bar's write token like a credential writer, so a
--- value computed here never lands beside a racing credential change unseen.
+-- returned. A fix locks its bars like a credential writer, so a value
+-- computed here never lands beside a racing credential change unseen.
 CREATE FUNCTION mpesa_sync.fix_bars_v2(p_bar_ids uuid[])
 RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint text)
 LANGUAGE plpgsql
@@ -347,7 +394,7 @@ DECLARE
     v_bar_id uuid;
 BEGIN
     BEGIN
-        PERFORM mpesa_sync.sync_bars_v2(ARRAY(SELECT DISTINCT u FROM unnest(p_bar_ids) AS u));
+        PERFORM mpesa_sync.sync_bars_v2(ARRAY(SELECT DISTINCT u FROM unnest(p_bar_ids) AS u), '{}');
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- some bar refused: retry bar by bar below
@@ -355,7 +402,7 @@ BEGIN
 
     FOR v_bar_id IN SELECT DISTINCT u FROM unnest(p_bar_ids) AS u ORDER BY u LOOP
         BEGIN
-            PERFORM mpesa_sync.sync_bars_v2(ARRAY[v_bar_id]);
+            PERFORM mpesa_sync.sync_bars_v2(ARRAY[v_bar_id], '{}');
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS
                 error = MESSAGE_TEXT,
@@ -459,7 +506,7 @@ BEGIN
     WHERE s.bar_id = p_bar_id;
 
     IF v_status.mpesa_enabled IS DISTINCT FROM v_status.expected THEN
-        PERFORM mpesa_sync.sync_bars_v2(ARRAY[p_bar_id]);
+        PERFORM mpesa_sync.sync_bars_v2(ARRAY[p_bar_id], '{}');
         SELECT s.* INTO v_status
         FROM mpesa_sync.bar_status_v1 AS s
         WHERE s.bar_id = p_bar_id;
@@ -524,7 +571,9 @@ DROP TABLE mpesa_sync.sync_stripes;
 -- Nothing new is for anyone but the functions above (every one SECURITY
 -- DEFINER): revoked from PUBLIC, and by name from Supabase's customer roles in
 -- case default privileges granted them something.
-REVOKE ALL ON FUNCTION mpesa_sync.sync_bars_v2(uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.sync_bars_v2(uuid[], uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.check_snapshot_v2(uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync.bump_tokens_v2(uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mpesa_sync.credentials_changed_v2() FROM PUBLIC;
 REVOKE ALL ON FUNCTION mpesa_sync.record_status_changes_v2() FROM PUBLIC;
 REVOKE ALL ON FUNCTION mpesa_sync.publish_status_events_v2() FROM PUBLIC;
@@ -544,7 +593,8 @@ BEGIN
                 v_role
             );
             EXECUTE format(
-                'REVOKE ALL ON FUNCTION mpesa_sync.sync_bars_v2(uuid[]),'
+                'REVOKE ALL ON FUNCTION mpesa_sync.sync_bars_v2(uuid[], uuid[]),'
+                ' mpesa_sync.check_snapshot_v2(uuid[]), mpesa_sync.bump_tokens_v2(uuid[]),'
                 ' mpesa_sync.fix_bars_v2(uuid[]) FROM %I',
                 v_role
             );
