@@ -42,6 +42,7 @@ from mpesa_sync.relay.listener import _Backoff
 from mpesa_sync.relay.sse import _Frames, parse_bar_id, parse_last_event_id
 from mpesa_sync.resources import resource_dir
 from mpesa_sync.retry import RetryPolicy, is_transient
+from tests.support.cli import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.no_database
 
@@ -410,3 +411,50 @@ def test_sql_sources_cite_files_that_exist() -> None:
         cited |= set(re.findall(r"\b((?:tests|sql|benchmarks|docs)/[\w/]+\.(?:py|sql|md))", text))
     assert cited
     assert sorted(c for c in cited if not (ROOT / c).exists()) == []
+
+
+# -- options, refused before the database is touched -----------------------------------
+
+NOWHERE = "postgresql://nobody@127.0.0.1:1/nowhere"  # any use of it would say "cannot connect"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["reconcile", "--lock-timeout", "nan"], "'nan' is not a finite number"),
+        (["reconcile", "--lock-timeout", "inf"], "--lock-timeout"),
+        (["reconcile", "--lock-timeout", "-inf"], "--lock-timeout"),
+        (["reconcile", "--lock-timeout", "1e9"], "--lock-timeout"),
+        (["reconcile", "--lock-timeout", "0"], "--lock-timeout"),
+        (["reconcile", "--batch-size", "0"], "--batch-size"),
+        (["reconcile", "--batch-size", str(2**31)], "--batch-size"),
+        (["verify", "--limit", str(2**31)], "--limit"),
+        (["verify", "--limit", "-1"], "--limit"),
+        (["alerts", "ack", str(2**63)], "ID"),
+        (["rollback", "--steps", str(2**31)], "--steps"),
+        (["settings", "check", "--bar", str(uuid.UUID(int=1)), "--timeout", "nan"], "finite"),
+        (["settings", "check", "--bar", str(uuid.UUID(int=1)), "--timeout", "inf"], "--timeout"),
+        (["settings", "check", "--bar", str(uuid.UUID(int=1)), "--timeout", "1e9"], "--timeout"),
+        (["relay", "--since", "nan"], "is not EVENT_ID"),
+        (["relay", "--since", str(2**63)], "is not EVENT_ID"),
+        (["relay", "--http", "127.0.0.1:0", "--max-clients", "0"], "--max-clients"),
+        (["relay", "--http", "127.0.0.1:0", "--max-clients", "inf"], "--max-clients"),
+        (["relay", "--http", "127.0.0.1:0", "--max-clients", "1e9"], "--max-clients"),
+        (["relay", "--http", "h:0", "--allow-origin", "https://app.example/x"], "not an origin"),
+        (["relay", "--http", "h:0", "--allow-origin", "*"], "is not an origin"),
+        (["relay", "--http", "h:0", "--allow-origin", "app.example"], "is not an origin"),
+        (["relay", "--allow-origin", "https://app.example"], "need --http"),
+    ],
+)
+def test_bad_options_are_refused_before_the_database(args: list[str], needle: str) -> None:
+    result = run_cli(*args, "--dsn", NOWHERE)
+    assert result.code == 2, result.stderr
+    assert_one_line_error(result.stderr, needle)
+    assert "cannot connect" not in result.stderr
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 0.0, -1.0, 1e9])
+def test_the_library_refuses_a_lock_timeout_postgresql_cannot_take(seconds: float) -> None:
+    with pytest.raises(errors.ConfigError, match="lock timeout"):
+        db.check_lock_timeout(seconds)
+    assert db.check_lock_timeout(db.MAX_LOCK_TIMEOUT) == db.MAX_LOCK_TIMEOUT
