@@ -347,6 +347,8 @@ def test_every_command_works_on_the_smallest_host_migrate_accepts(empty_db: Data
         (["verify"], 0),
         (["reconcile"], 0),
         (["alerts", "--all"], 0),
+        (["status"], 0),
+        (["prune", "--older-than", "1d"], 0),
         (["migrate"], 0),
     ]
     for args, code in runs:

@@ -22,7 +22,7 @@ import pytest
 from psycopg import errors as pg_errors
 from starlette.exceptions import HTTPException
 
-from mpesa_sync import cli, db, errors, migrations
+from mpesa_sync import cli, db, errors, migrations, retention
 from mpesa_sync.commands.relay import HostPort
 from mpesa_sync.credentials import _Redactor
 from mpesa_sync.crypto import KEY_ENV, CredentialCipher
@@ -40,7 +40,7 @@ from mpesa_sync.relay.events import (
 )
 from mpesa_sync.relay.listener import _Backoff
 from mpesa_sync.relay.sse import _Frames, parse_bar_id, parse_last_event_id
-from mpesa_sync.resources import resource_dir
+from mpesa_sync.resources import migration_ids, resource_dir
 from mpesa_sync.retry import RetryPolicy, is_transient
 from tests.support.cli import assert_one_line_error, run_cli
 
@@ -444,6 +444,15 @@ NOWHERE = "postgresql://nobody@127.0.0.1:1/nowhere"  # any use of it would say "
         (["relay", "--http", "h:0", "--allow-origin", "*"], "is not an origin"),
         (["relay", "--http", "h:0", "--allow-origin", "app.example"], "is not an origin"),
         (["relay", "--allow-origin", "https://app.example"], "need --http"),
+        (["prune", "--older-than", "30"], "a number and a unit"),
+        (["prune", "--older-than", "0d"], "must be above 0"),
+        (["prune", "--older-than", "36501d"], "at most 36500d"),
+        (["prune", "--older-than", "-1d"], "a number and a unit"),
+        (["prune", "--older-than", "nand"], "a number and a unit"),
+        (["prune", "--older-than", "1e3d"], "a number and a unit"),
+        (["prune", "--older-than", "30d", "--batch-size", "0"], "--batch-size"),
+        (["prune", "--older-than", "30d", "--batch-size", "1000001"], "--batch-size"),
+        (["prune"], "--older-than"),
     ],
 )
 def test_bad_options_are_refused_before_the_database(args: list[str], needle: str) -> None:
@@ -453,8 +462,35 @@ def test_bad_options_are_refused_before_the_database(args: list[str], needle: st
     assert "cannot connect" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("90m", timedelta(minutes=90)),
+        (" 45s ", timedelta(seconds=45)),
+        ("36500d", timedelta(days=36500)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert retention.parse_duration(text) == expected
+
+
 @pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 0.0, -1.0, 1e9])
 def test_the_library_refuses_a_lock_timeout_postgresql_cannot_take(seconds: float) -> None:
     with pytest.raises(errors.ConfigError, match="lock timeout"):
         db.check_lock_timeout(seconds)
     assert db.check_lock_timeout(db.MAX_LOCK_TIMEOUT) == db.MAX_LOCK_TIMEOUT
+
+
+def test_the_packaged_migrations_are_the_files() -> None:
+    ids = migration_ids()
+    assert ids[0] == "0001_mpesa_sync_base" and "0005_mpesa_sync_retention_v1" in ids
+    assert ids == sorted(ids) and not any(i.endswith(".rollback") for i in ids)
+
+
+def test_migrations_dir_prints_the_folder_yoyo_reads() -> None:
+    result = run_cli("migrations-dir")
+    assert result.code == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert folder == resource_dir("migrations") and (folder / "0001_mpesa_sync_base.sql").exists()

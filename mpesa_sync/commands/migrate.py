@@ -1,4 +1,4 @@
-"""`mpesa-sync migrate` and `mpesa-sync rollback`."""
+"""`mpesa-sync migrate`, `mpesa-sync rollback` and `mpesa-sync migrations-dir`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import click
 
 from mpesa_sync import migrations
 from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, MAX_INTEGER, dsn_option, format_option
+from mpesa_sync.resources import resource_dir
 
 
 @click.command()
@@ -62,3 +63,9 @@ def rollback(dsn: str, steps: int | None, undo_all: bool) -> int:
     click.echo(f"rolled back {len(undone)} migration(s): {', '.join(undone) or '-'}")
     return EXIT_OK
 
+
+@click.command("migrations-dir")
+def migrations_dir() -> int:
+    """Print the folder of the packaged migrations, for yoyo."""
+    click.echo(str(resource_dir("migrations")))
+    return EXIT_OK
