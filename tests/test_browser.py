@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from mpesa_sync.relay.app import STATIC_DIR
 from tests.support.database import Database
+from tests.support.http import QuietHandler, serving
 from tests.support.relay import RelayProcess, set_active
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -131,32 +130,17 @@ class AppSite(ThreadingHTTPServer):
         assert script in self.html
 
 
-class _AppPage(BaseHTTPRequestHandler):
+class _AppPage(QuietHandler):
     server: AppSite
 
     def do_GET(self) -> None:
-        body = self.server.html.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(200, self.server.html.encode(), "text/html; charset=utf-8")
 
 
 @pytest.fixture
 def site() -> Iterator[AppSite]:
-    server = AppSite()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(AppSite()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def console_of(page: Page) -> list[str]:
