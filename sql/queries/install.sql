@@ -55,6 +55,7 @@ ORDER BY r.n;
 -- name: rollback_target
 -- What `rollback` needs before it lets yoyo in (yoyo creates its tables on
 -- any database it touches): our schema, and yoyo's record of applying it.
+-- `status` reads the second too, before it asks for applied_migrations.
 SELECT to_regnamespace('mpesa_sync') IS NOT NULL AS schema,
        to_regclass('_yoyo_migration') IS NOT NULL AS history;
 
