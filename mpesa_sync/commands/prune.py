@@ -42,6 +42,7 @@ class Age(click.ParamType[timedelta]):
     type=click.IntRange(min=1, max=retention.MAX_BATCH_SIZE),
     default=retention.DEFAULT_BATCH_SIZE,
     show_default=True,
+    metavar="N",
     help="Events (and alerts) deleted per transaction.",
 )
 @format_option
