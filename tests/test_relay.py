@@ -525,11 +525,18 @@ def test_cors_only_for_the_allowed_origins_and_only_on_the_customer_routes(db: D
                 headers={"Origin": other_origin, "Access-Control-Request-Method": "GET"},
             )
             assert "access-control-allow-origin" not in stranger.headers
-        reader = SseReader(f"{url}/events", headers={"Origin": "https://second.example"})
+        readers = [
+            SseReader(f"{url}/events", headers={"Origin": "https://second.example"}),
+            SseReader(f"{url}/events", headers={"Origin": other_origin}),
+            SseReader(f"{url}/events"),
+        ]
         try:
-            assert reader.status == 200 and reader.headers["access-control-allow-origin"] == (
-                "https://second.example"
-            )
+            allowed, *others = readers
+            assert allowed.headers["access-control-allow-origin"] == "https://second.example"
+            # The stream's headers are not shared: the next streams carry no grant.
+            assert all("access-control-allow-origin" not in r.headers for r in others)
+            assert all(r.status == 200 for r in readers)
         finally:
-            reader.close()
+            for reader in readers:
+                reader.close()
         relay.stop()
