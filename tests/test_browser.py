@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from mpesa_sync import migrations
 from mpesa_sync.relay.app import STATIC_DIR
 from tests.support.database import Database
 from tests.support.http import QuietHandler, serving
@@ -87,6 +88,35 @@ def test_page_shows_mpesa_appear_and_disappear_live(db: Database, browser: Brows
             expect(mpesa).to_be_hidden()
             expect(no_mpesa).to_be_visible()
 
+            assert page.evaluate("window.__sameDocument") is True
+        finally:
+            page.close()
+        relay.stop()
+
+
+@pytest.mark.browser
+def test_page_re_reads_its_bar_on_a_reset(db: Database, browser: Browser) -> None:
+    """The relay resets under an open stream (the schema rolled back and
+    installed again, the bar changed in between): the page gets no event for
+    that change, only the reset frame, and must re-read the bar to show it."""
+    bar = db.add_bar("Mama Oliech")
+    db.add_credentials(bar, "production", active=False, shortcode="600126")
+    with RelayProcess(db.dsn, "--http", "127.0.0.1:0") as relay:
+        url = relay.http_url()
+        relay.wait_listening()
+        page = browser.new_page()
+        try:
+            page.goto(f"{url}/?bar_id={bar}")
+            expect(page.locator("#no-mpesa")).to_be_visible()
+            expect(page.locator("#live-text")).to_have_text("live")
+            page.evaluate("window.__sameDocument = true")
+            migrations.rollback(db.dsn, count=None)
+            set_active(db, bar, True)  # nothing installed: no event, the bar drifts
+            migrations.migrate(db.dsn)  # the install fixes it: an event of the new log
+            (reset,) = relay.events(1)
+            assert reset["reset"] is True and reset["newest_event_id"] == 1
+            expect(page.locator("#mpesa")).to_be_visible()
+            expect(page.locator("#mpesa-shortcode")).to_have_text("600126")
             assert page.evaluate("window.__sameDocument") is True
         finally:
             page.close()
