@@ -60,7 +60,8 @@ BATCH = 50  # events per commit in the throughput run
 # the next arrives (latency under saturation would be queueing, which the
 # throughput figure covers).
 PACE = 0.05
-_ID = re.compile(rb"(?m)^id: (\d+)\n")
+# An SSE id is GENERATION:EVENT_ID (the bridge below sends a bare EVENT_ID).
+_ID = re.compile(rb"(?m)^id: (?:[0-9a-f-]+:)?(\d+)\n")
 
 
 def run(bench: Bench) -> list[Result]:
@@ -430,10 +431,8 @@ class _Stream(asyncio.Protocol):
             self.ids.extend(ids)
             self.times.extend([now] * len(ids))
         if self.count == 0:
-            start = buf.find(b"id: ") + 4
-            self.first = int(buf[start : buf.index(b"\n", start)])
-        start = buf.rfind(b"id: ", 0, cut) + 4
-        self.last = int(buf[start : buf.index(b"\n", start)])
+            self.first = _event_id(buf, buf.find(b"id: ") + 4)
+        self.last = _event_id(buf, buf.rfind(b"id: ", 0, cut) + 4)
         self.count += found
         self.last_at = now
         if self.target and self.last >= self.target:
@@ -446,6 +445,13 @@ class _Stream(asyncio.Protocol):
         self.done.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), max(0.0, deadline - time.monotonic()))
+
+
+def _event_id(buf: bytes, start: int) -> int:
+    """The event id of the SSE id that starts at ``start`` (after any generation)."""
+    end = buf.index(b"\n", start)
+    colon = buf.rfind(b":", start, end)
+    return int(buf[start if colon < 0 else colon + 1 : end])
 
 
 def _same(stream: _Stream) -> _Stream:

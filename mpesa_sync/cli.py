@@ -43,6 +43,16 @@ COMMANDS = {
     "migrate": LazyCommand(
         "mpesa_sync.commands.migrate", "migrate", "Apply the pending migrations."
     ),
+    "migrations-dir": LazyCommand(
+        "mpesa_sync.commands.migrate",
+        "migrations_dir",
+        "Print the folder of the packaged migrations, for yoyo.",
+    ),
+    "prune": LazyCommand(
+        "mpesa_sync.commands.prune",
+        "prune",
+        "Delete status events older than --older-than, and alerts acknowledged before it.",
+    ),
     "reconcile": LazyCommand(
         "mpesa_sync.commands.reconcile", "reconcile", "Fix every drifted bar, then check again."
     ),
@@ -60,6 +70,11 @@ COMMANDS = {
         "mpesa_sync.commands.settings",
         "settings_group",
         "Save, show and check a bar's M-Pesa credentials.",
+    ),
+    "status": LazyCommand(
+        "mpesa_sync.commands.status",
+        "status",
+        "Report the install: migrations, event log, open alerts, host columns.",
     ),
     "verify": LazyCommand("mpesa_sync.commands.verify", "verify", "Check every bar, read-only."),
 }

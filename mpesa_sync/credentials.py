@@ -144,6 +144,8 @@ def save_settings(
     lock wait; a timeout is retried like a serialization failure. The key
     comes from MPESA_SYNC_ENCRYPTION_KEY unless ``cipher`` is given.
     """
+    if lock_timeout is not None:
+        db.check_lock_timeout(lock_timeout)
     cipher = cipher or CredentialCipher.from_env()
     bar = _bar_uuid(bar_id)
     plaintexts = {

@@ -17,6 +17,7 @@ quote a secret) and the relay (which reconnects instead of failing).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -130,21 +131,37 @@ def describe(dsn: str) -> str:
     return f"database {dbname!r} at {host}:{port}"
 
 
+# PostgreSQL's lock_timeout is a number of milliseconds in a C int.
+MAX_LOCK_TIMEOUT = 2_147_483.647
+
+
+def check_lock_timeout(seconds: float) -> float:
+    """``seconds`` if PostgreSQL can take it as a lock timeout, else ConfigError."""
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_LOCK_TIMEOUT:
+        raise ConfigError(
+            f"lock timeout must be a number of seconds above 0 and at most "
+            f"{MAX_LOCK_TIMEOUT:g}, not {seconds}"
+        )
+    return seconds
+
+
 def set_lock_timeout(conn: psycopg.Connection[Any], seconds: float) -> None:
     """``SET LOCAL lock_timeout`` for the current transaction, in whole milliseconds."""
+    check_lock_timeout(seconds)
     conn.execute(query("set_lock_timeout"), {"lock_timeout": f"{max(1, round(seconds * 1000))}ms"})
 
 
-def schema_installed(conn: psycopg.Connection[Any]) -> bool:
-    """Whether the migrations that create the sync functions have been applied."""
+def schema_installed(conn: psycopg.Connection[Any], *, event_log: bool = False) -> bool:
+    """Whether the migrations that create the sync functions have been applied
+    (and, with ``event_log``, the event log's identity and retention, 0005)."""
     row = conn.execute(query("schema_installed")).fetchone()
-    return bool(row and row[0])
+    return _installed(row, event_log)
 
 
-def require_schema(conn: psycopg.Connection[Any]) -> None:
+def require_schema(conn: psycopg.Connection[Any], *, event_log: bool = False) -> None:
     """Raise SchemaNotInstalled unless the migrations have been applied."""
-    if not schema_installed(conn):
-        raise SchemaNotInstalled()
+    if not schema_installed(conn, event_log=event_log):
+        raise _not_installed(event_log)
 
 
 def require_sync_core_v2(conn: psycopg.Connection[Any]) -> None:
@@ -157,8 +174,23 @@ def require_sync_core_v2(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-async def require_schema_async(conn: psycopg.AsyncConnection[Any]) -> None:
+async def require_schema_async(
+    conn: psycopg.AsyncConnection[Any], *, event_log: bool = False
+) -> None:
     """:func:`require_schema` for asyncio (the relay's start)."""
     row = await (await conn.execute(query("schema_installed"))).fetchone()
-    if not (row and row[0]):
-        raise SchemaNotInstalled()
+    if not _installed(row, event_log):
+        raise _not_installed(event_log)
+
+
+def _installed(row: tuple[Any, ...] | None, event_log: bool) -> bool:
+    return bool(row and row[0] and (row[1] or not event_log))
+
+
+def _not_installed(event_log: bool) -> SchemaNotInstalled:
+    if not event_log:
+        return SchemaNotInstalled()
+    return SchemaNotInstalled(
+        "the mpesa_sync schema is not installed or not current (the event log of "
+        "migration 0005 is missing); run `mpesa-sync migrate` first"
+    )

@@ -13,7 +13,13 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
 from mpesa_sync import db
-from mpesa_sync.errors import HostSchemaMissing, MigrationError, first_line, with_sqlstate
+from mpesa_sync.errors import (
+    HostSchemaMissing,
+    MigrationError,
+    SchemaNotInstalled,
+    first_line,
+    with_sqlstate,
+)
 from mpesa_sync.queries import query
 from mpesa_sync.resources import resource_dir
 
@@ -26,13 +32,15 @@ _YOYO_LOCK_TIMEOUT = 600
 
 @dataclass
 class MigrateReport:
-    """The migrations a run applied, and the bars that refused the install's fix."""
+    """The migrations a run applied, the bars whose drift the install fixed
+    (how many), and the bars that refused the install's fix."""
 
     applied: list[str] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    fixed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"applied": self.applied, "refused": self.refused}
+        return {"applied": self.applied, "fixed": self.fixed, "refused": self.refused}
 
 
 def yoyo_url(dsn: str) -> str:
@@ -73,7 +81,8 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
 
     Refuses a database without ``public.bars`` unless ``create_tables``: the
     first migration would create the host tables, which is right for a new
-    database and wrong for a DSN that points at the wrong one.
+    database and wrong for a DSN that points at the wrong one. Refuses a host
+    whose tables lack a column mpesa-sync reads or writes (``host_columns``).
     """
     report = MigrateReport()
     with db.connection(dsn, autocommit=True) as conn:
@@ -84,11 +93,15 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
                 f"{db.describe(dsn)} has no table public.bars; "
                 "pass --create-tables to create the host tables in a new database"
             )
+        installed = db.schema_installed(conn)
+        check_host_columns(conn, installed=installed)
         conn.execute(query("take_migrate_lock"))
+        conn.execute(query("hold_reconcile_lock"))
         try:
-            last_alert = 0
-            if db.schema_installed(conn):
+            last_alert = last_event = 0
+            if installed:
                 last_alert = conn.execute(query("last_alert_id")).fetchone()[0]  # type: ignore[index]
+                last_event = conn.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
             report.applied = _apply(dsn)
             if report.applied:
                 rows = conn.execute(query("alerts_since"), {"after": last_alert}).fetchall()
@@ -97,8 +110,15 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
                     for r in rows
                     if r[1] == "fix_refused"
                 ]
+                fixed = conn.execute(query("reconcile_events_after"), {"after": last_event})
+                report.fixed = int(fixed.fetchone()[0])  # type: ignore[index]
         finally:
+            conn.execute(query("release_reconcile_lock"))
             conn.execute(query("release_migrate_lock"))
+    if report.fixed:
+        logger.info(
+            "the install fixed %d drifted bar(s)", report.fixed, extra={"action": "install_fixed"}
+        )
     for bar in report.refused:
         logger.warning(
             "bar %s refused its status fix: %s",
@@ -109,8 +129,42 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
     return report
 
 
+def check_host_columns(conn: psycopg.Connection[Any], *, installed: bool) -> None:
+    """Raise HostSchemaMissing, naming each one, when a host table lacks a
+    column mpesa-sync reads or writes (or has it with another type).
+
+    A table that is missing is not checked: the install creates it. Neither
+    is a missing ``bars.mpesa_enabled`` before the install, which adds it.
+    """
+    missing = []
+    for table, column, data_type, table_present, column_present, ok in conn.execute(
+        query("host_columns")
+    ):
+        adds_it = (table, column) == ("bars", "mpesa_enabled") and not installed
+        if table_present and not ok and not (adds_it and not column_present):
+            missing.append(f"public.{table}.{column} ({data_type})")
+    if missing:
+        raise HostSchemaMissing(
+            f"the host's tables lack what mpesa-sync reads or writes: {', '.join(missing)}; "
+            "nothing was changed (see the host requirements in docs/install.md)"
+        )
+
+
 def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
-    """Roll back the newest ``count`` applied migrations (all when None)."""
+    """Roll back the newest ``count`` applied migrations (all when None).
+
+    Raises SchemaNotInstalled, having changed nothing, on a database that
+    holds no install (no schema mpesa_sync, or no yoyo history of it): yoyo
+    would create its tables there, and it is more likely a wrong DSN.
+    """
+    with db.connection(dsn, autocommit=True) as conn:
+        schema, history = conn.execute(query("rollback_target")).fetchone()  # type: ignore[misc]
+    if not (schema and history):
+        raise SchemaNotInstalled(
+            f"{db.describe(dsn)} holds no mpesa-sync install to roll back "
+            f"({'no yoyo history of it' if schema else 'no schema mpesa_sync'}); "
+            "is this the right database?"
+        )
     migrations = read_migrations(str(resource_dir("migrations")))
     with db.translated(dsn), _backend(dsn) as backend, _locked(backend):
         to_rollback = backend.to_rollback(migrations)

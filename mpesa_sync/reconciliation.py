@@ -108,8 +108,7 @@ def reconcile(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, not {batch_size}")
-    if lock_timeout <= 0:
-        raise ConfigError(f"lock timeout must be positive, not {lock_timeout}")
+    db.check_lock_timeout(lock_timeout)  # before the drift pass, not after it
     with db.connection(dsn, autocommit=True) as conn:
         conn.read_only = dry_run  # applies to the transaction blocks below
         with conn.transaction():

@@ -17,3 +17,10 @@ def resource_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"mpesa-sync is missing its {name}/ folder")
+
+
+def migration_ids() -> list[str]:
+    """The ids of the packaged migrations, oldest first (yoyo's ids: file names
+    without the extension)."""
+    folder = resource_dir("migrations")
+    return sorted(p.stem for p in folder.glob("*.sql") if not p.stem.endswith(".rollback"))

@@ -6,10 +6,13 @@ What is checked, block by block (a fenced block is known by its info string):
   - ``mpesa-sync …``: parsed by the real CLI (click resolves the subcommand
     and every option and converts every value; the commands' bodies are
     swapped for a recorder). The ones that are safe on a test database
-    (migrate, verify, reconcile, alerts without ``ack``, settings show) are
-    then run for real on a migrated database holding the docs' example bar,
-    and must exit 0 or 1 with nothing on stderr that says "error".
-  - ``yoyo …``: run against a test database, the docs' URL swapped for it.
+    (migrate, verify, reconcile, alerts without ``ack``, settings show,
+    status, prune, migrations-dir) are then run for real on a migrated
+    database holding the docs' example bar, and must exit 0 or 1 with
+    nothing on stderr that says "error". A ``$(mpesa-sync …)`` inside
+    another command is parsed too.
+  - ``yoyo …``: run against a test database, the docs' URL swapped for it
+    and ``$(mpesa-sync migrations-dir)`` for the folder it prints.
   - ``psql …``: run against a migrated test database.
   - ``curl …``: the URL's path must be a route of the relay's HTTP app (not
     requested).
@@ -23,15 +26,20 @@ What is checked, block by block (a fenced block is known by its info string):
   and every ``--option`` exists on that command.
 - ``sql`` blocks: run on a migrated test database holding the example bar,
   each in a transaction that is rolled back (so: they run; their output is
-  not compared).
-- ``json verify`` / ``json reconcile`` / ``json relay-line``: the keys, nested
-  included, equal those of real output; ``text`` blocks with a NOTIFY: the
-  payload's keys equal those of a real notification on that channel.
-- ``yaml`` blocks and the metrics table: the metric names are the ones
-  ``verify --prometheus-file`` writes.
+  not compared); of a ``sql pg_cron`` block, the command it schedules.
+- ``json verify`` / ``reconcile`` / ``relay-line`` / ``reset`` / ``status`` /
+  ``prune``: the keys, nested included, equal those of real output; ``text``
+  blocks with a NOTIFY: the payload's keys equal those of a real
+  notification on that channel.
+- ``yaml`` blocks and the metrics tables: the metric names are the ones
+  ``verify --prometheus-file`` writes (operating.md) and the relay serves at
+  /metrics (relay.md).
 - ``python`` blocks: every name imported from mpesa_sync exists, and calls
   to it use only keyword arguments its signature has (not run).
-- ``js`` blocks: not checked.
+- ``js payment-options``: word for word in the bundled page's script; other
+  ``js`` blocks are not checked.
+- a block whose label is a path (``ini deploy/systemd/…``): that file, word
+  for word.
 - relative links resolve to files (and headings, for ``#anchors``), and every
   ``mpesa_sync.name`` the prose cites is an object of sql/schema.sql or a
   module of the package.
@@ -62,9 +70,10 @@ from starlette.routing import Match
 
 from mpesa_sync import alerts, cli, migrations
 from mpesa_sync.crypto import KEY_ENV, CredentialCipher
-from mpesa_sync.relay.app import create_app
-from mpesa_sync.relay.events import StatusEvent
-from mpesa_sync.resources import resource_dir
+from mpesa_sync.relay.app import STATIC_DIR, create_app
+from mpesa_sync.relay.events import LogState, Reset, StatusEvent
+from mpesa_sync.relay.listener import Relay
+from mpesa_sync.relay.metrics import RelayMetrics
 from mpesa_sync.verification import VerifyReport, write_prometheus
 from tests.support.cli import run_cli
 from tests.support.database import Database
@@ -74,11 +83,17 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLE_BAR = uuid.UUID("3f0c8a52-6f0e-4c1e-9a57-2b8d1c0e7a11")
 EXAMPLE_URL = "postgresql+psycopg://postgres@db.example:5432/postgres"
 PROGRAMS = {"mpesa-sync", "yoyo", "psql", "curl", "export", "make", "pip"}
-RUN_ON_A_TEST_DATABASE = {"migrate", "verify", "reconcile", "alerts", "settings show"}
-
-ALL_MIGRATIONS = sorted(
-    p.stem for p in resource_dir("migrations").glob("*.sql") if not p.stem.endswith(".rollback")
-)
+RUN_ON_A_TEST_DATABASE = {
+    "migrate",
+    "verify",
+    "reconcile",
+    "alerts",
+    "settings show",
+    "status",
+    "prune",
+    "migrations-dir",
+}
+MIGRATIONS_DIR = "$(mpesa-sync migrations-dir)"
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,8 @@ def mpesa_sync_commands() -> list[tuple[str, dict[str, str], list[str]]]:
                 env, argv = words(line)
                 if argv and argv[0] == "mpesa-sync":
                     found.append((str(block), env, argv[1:]))
+                for inner in re.findall(r"\$\(mpesa-sync ([^)]*)\)", line):
+                    found.append((str(block), {}, shlex.split(inner)))
         else:
             for line in block.text.splitlines():
                 match = re.search(r"(?:^|[\s=/])mpesa-sync (.+)$", line)
@@ -273,6 +290,8 @@ def test_the_commands_safe_on_a_test_database_run(docs_db: Database, tmp_path: P
                 args[i + 1] = docs_db.dsn
             if word == "--prometheus-file":
                 args[i + 1] = str(tmp_path / "metrics.prom")
+        if args == ["migrations-dir"]:
+            continue  # takes no database (test_yoyo_lines_run uses what it prints)
         result = run_cli(*args, env={**env, "MPESA_SYNC_DSN": docs_db.dsn})
         assert result.code in (0, 1), f"{where}: mpesa-sync {shlex.join(argv)}: {result.stderr}"
         assert "error" not in result.stderr.lower(), f"{where}: {result.stderr}"
@@ -346,24 +365,26 @@ def test_curl_urls_are_routes_of_the_relay() -> None:
         assert any(route.matches(scope)[0] is Match.FULL for route in app.routes), url
 
 
-def test_yoyo_lines_run(host_db: Database) -> None:
+def test_yoyo_lines_run(host_db: Database, tmp_path: Path) -> None:
     lines = [argv for _, _, argv in shell_lines() if argv[0] == "yoyo"]
     assert [argv[1] for argv in lines] == ["apply", "rollback", "break-lock"]
     url = migrations.yoyo_url(host_db.dsn)
     yoyo = str(Path(sys.executable).with_name("yoyo"))
+    folder = run_cli("migrations-dir").stdout.strip()
+    swap = {"yoyo": yoyo, EXAMPLE_URL: url, MIGRATIONS_DIR: folder}
+    newest = host_db.scalar  # what the newest migration (0005) installs, and 0003 before it
+    retention = "SELECT to_regprocedure('mpesa_sync.prune_v1(interval, integer, boolean)')"
+    settings = "SELECT to_regproc('mpesa_sync.save_settings')"
     for argv in lines:
-        command = [yoyo if w == "yoyo" else url if w == EXAMPLE_URL else w for w in argv]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert argv[1] == "break-lock" or MIGRATIONS_DIR in argv, argv  # never a guessed folder
+        command = [swap.get(w, w) for w in argv]
+        # Anywhere, not only in a checkout: the folder comes from the package.
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{shlex.join(argv)}: {result.stderr}"
-        applied = host_db.scalar("SELECT count(*) FROM _yoyo_migration")
         if argv[1] == "apply":
-            assert applied == len(ALL_MIGRATIONS)
-            assert host_db.scalar(
-                "SELECT to_regprocedure('mpesa_sync.save_settings(uuid, text, "
-                "text, bytea, bytea, bytea, boolean)') IS NOT NULL"
-            )
+            assert newest(retention) and newest(settings)
         elif argv[1] == "rollback":
-            assert applied == len(ALL_MIGRATIONS) - 1  # one step, the newest
+            assert newest(retention) is None and newest(settings)  # one step: the newest only
 
 
 def test_psql_lines_run(db: Database) -> None:
@@ -382,11 +403,14 @@ def test_psql_lines_run(db: Database) -> None:
 
 
 def test_sql_blocks_run(docs_db: Database) -> None:
-    assert len(of("sql")) >= 3
+    assert len(of("sql")) >= 3 and of("sql", "pg_cron")
     with docs_db.connect(autocommit=False) as conn:
         for block in of("sql"):
+            text = block.text
+            if block.label == "pg_cron":  # no pg_cron here: run what it would run
+                [text] = re.findall(r"\$\$(.*?)\$\$", text, re.S)
             with conn.transaction(force_rollback=True):
-                conn.execute(block.text)  # type: ignore[arg-type]
+                conn.execute(text)  # type: ignore[arg-type]
 
 
 def keys(value: Any) -> Any:
@@ -409,8 +433,16 @@ def test_json_examples_have_the_keys_of_real_output(docs_db: Database) -> None:
         ),
     }
     assert real["reconcile"]["failed"], "the example needs a refused bar"
-    line = StatusEvent.from_row((1, EXAMPLE_BAR, True, "credentials", datetime.now(UTC)))
+    generation = uuid.uuid4()
+    line = StatusEvent.from_row(
+        (1, EXAMPLE_BAR, True, "credentials", datetime.now(UTC)), generation
+    )
     real["relay-line"] = json.loads(line.line)
+    log = LogState(generation, pruned_through=0, oldest_event_id=1, newest_event_id=1)
+    real["reset"] = json.loads(Reset.of("pruned", log).line)
+    for name, args in (("status", []), ("prune", ["--older-than", "30d"])):
+        result = run_cli(name, "--dsn", docs_db.dsn, "--format", "json", *args)
+        real[name] = json.loads(result.stdout)
     for block in of("json"):
         assert block.label in real, f"{block}: label the block with the output it shows"
         assert keys(json.loads(block.text)) == keys(real[block.label]), str(block)
@@ -438,15 +470,40 @@ def test_notify_examples_have_the_keys_of_real_payloads(docs_db: Database) -> No
         assert set(json.loads(payload)) == set(real[channel]), channel
 
 
+def table_metrics(page: str) -> set[str]:
+    return set(re.findall(r"^\| `(mpesa_sync_\w+)`", prose(ROOT / page), re.M))
+
+
 @pytest.mark.no_database
-def test_metric_names_are_the_ones_verify_writes(tmp_path: Path) -> None:
+def test_metric_names_are_the_ones_verify_writes_and_the_relay_serves(tmp_path: Path) -> None:
     write_prometheus(VerifyReport(checked=1, drifted_total=0), tmp_path / "m.prom")
     written = set(re.findall(r"^(mpesa_sync_\w+) ", (tmp_path / "m.prom").read_text(), re.M))
-    documented = {m for b in of("yaml") for m in re.findall(r"mpesa_sync_\w+", b.text)}
-    documented |= set(
-        re.findall(r"^\| `(mpesa_sync_\w+)`", prose(ROOT / "docs/operating.md"), re.M)
-    )
-    assert documented == written
+    assert table_metrics("docs/operating.md") == written
+    served_text = RelayMetrics(Relay("")).render().decode()
+    served = set(re.findall(r"^# TYPE (mpesa_sync_\w+) ", served_text, re.M))
+    assert table_metrics("docs/relay.md") == served
+    for block in of("yaml"):
+        for name in re.findall(r"mpesa_sync_\w+", block.text):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert name in written or base in served, f"{block}: {name}"
+
+
+@pytest.mark.no_database
+def test_the_page_script_snippet_is_the_bundled_pages_own() -> None:
+    [block] = of("js", "payment-options")
+    script = (STATIC_DIR / "page.js").read_text()
+    assert "function followPaymentOptions(" in block.text
+    assert block.text in script
+
+
+@pytest.mark.no_database
+def test_blocks_that_show_a_shipped_file_show_it_word_for_word() -> None:
+    shown = [b for b in BLOCKS if "/" in b.label]
+    assert {b.label for b in shown} == {
+        str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*") if p.is_file()
+    }
+    for block in shown:
+        assert block.text == (ROOT / block.label).read_text().rstrip("\n"), str(block)
 
 
 @pytest.mark.no_database

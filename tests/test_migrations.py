@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +16,9 @@ from mpesa_sync import migrations
 from mpesa_sync.errors import HostSchemaMissing
 from mpesa_sync.resources import resource_dir
 from tests.support.catalog import describe, table_data
-from tests.support.cli import assert_one_line_error, run_module
+from tests.support.cli import assert_one_line_error, run_cli, run_module
 from tests.support.database import HOST_TEMPLATE, Database, fresh_database
+from tests.support.relay import RelayProcess
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +124,8 @@ def test_install_fixes_existing_drift_including_nulls(host_db: Database) -> None
     off = host_db.add_bar("off", mpesa_enabled=True)
     null = host_db.add_bar("null", mpesa_enabled=None)
     fine = host_db.add_bar("fine", mpesa_enabled=False)
-    migrations.migrate(host_db.dsn)
+    report = migrations.migrate(host_db.dsn)
+    assert report.fixed == 3 and report.as_dict()["fixed"] == 3
     assert [host_db.enabled(b) for b in (on, off, null, fine)] == [True, False, False, False]
     events = host_db.events()
     assert {(e["bar_id"], e["mpesa_enabled"], e["source"]) for e in events} == {
@@ -261,3 +265,139 @@ def test_password_never_in_errors() -> None:
     result = run_module("migrate", "--dsn", "postgresql://me:hunter2secret@127.0.0.1:1/db")
     assert result.returncode == 2
     assert "hunter2secret" not in result.stderr + result.stdout
+
+
+def test_migrate_says_what_the_install_fixed(host_db: Database) -> None:
+    for i in range(15):
+        host_db.add_bar(f"drifted {i}", mpesa_enabled=True)  # no credentials: should be false
+    result = run_module("migrate", "--dsn", host_db.dsn)
+    assert result.returncode == 0, result.stderr
+    assert "fixed 15 bar(s) that had drifted" in result.stdout
+    migrations.rollback(host_db.dsn, count=None)
+    host_db.execute("UPDATE bars SET mpesa_enabled = true")  # drift again, nothing installed
+    result = run_module("migrate", "--dsn", host_db.dsn, "--format", "json")
+    assert json.loads(result.stdout)["fixed"] == 15
+    assert json.loads(run_module("migrate", "--dsn", host_db.dsn, "--format", "json").stdout) == {
+        "applied": [],
+        "fixed": 0,
+        "refused": [],
+    }
+
+
+def test_migrate_refuses_a_host_without_the_columns_it_needs(host_db: Database) -> None:
+    host_db.execute("""
+        ALTER TABLE mpesa_credentials DROP COLUMN is_active;
+        ALTER TABLE mpesa_credentials ALTER COLUMN passkey_enc TYPE text USING 'x';
+    """)
+    before = describe(host_db.dsn, skip_yoyo=False)
+    result = run_module("migrate", "--dsn", host_db.dsn)
+    assert result.returncode == 2
+    assert_one_line_error(
+        result.stderr,
+        "lack what mpesa-sync reads or writes: public.mpesa_credentials.passkey_enc (bytea), "
+        "public.mpesa_credentials.is_active (boolean)",
+    )
+    assert describe(host_db.dsn, skip_yoyo=False) == before  # nothing, not even yoyo's tables
+
+
+def test_rollback_of_a_database_without_an_install_is_exit_2_and_creates_nothing(
+    host_db: Database, empty_db: Database
+) -> None:
+    for target, needle in ((host_db, "no schema mpesa_sync"), (empty_db, "no schema mpesa_sync")):
+        before = describe(target.dsn, skip_yoyo=False)
+        for args in (["rollback"], ["rollback", "--all"]):
+            result = run_module(*args, "--dsn", target.dsn)
+            assert result.returncode == 2
+            assert_one_line_error(result.stderr, needle)
+            assert "is this the right database?" in result.stderr
+        assert describe(target.dsn, skip_yoyo=False) == before
+    # The schema without yoyo's record of it (made from schema.sql, say): refused too.
+    host_db.execute(resource_dir("sql").joinpath("schema.sql").read_text())
+    result = run_module("rollback", "--dsn", host_db.dsn)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "no yoyo history of it")
+    assert host_db.scalar("SELECT to_regclass('_yoyo_migration')") is None
+
+
+MINIMAL_HOST = """
+    CREATE TABLE public.bars (id uuid PRIMARY KEY DEFAULT gen_random_uuid());
+    CREATE TABLE public.mpesa_credentials (
+        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        tenant_id uuid NOT NULL REFERENCES public.bars (id),
+        environment varchar(10) NOT NULL,
+        business_shortcode varchar(7) NOT NULL,
+        consumer_key_enc bytea NOT NULL,
+        consumer_secret_enc bytea NOT NULL,
+        passkey_enc bytea NOT NULL,
+        is_active boolean,
+        UNIQUE (tenant_id, environment)
+    );
+"""
+
+
+def test_every_command_works_on_the_smallest_host_migrate_accepts(empty_db: Database) -> None:
+    """Only the columns docs/install.md lists (no name, no created_at or
+    updated_at, no mpesa_enabled yet, varchar for text): migrate accepts it,
+    and then every command runs on it."""
+    empty_db.execute(MINIMAL_HOST)
+    dsn = empty_db.dsn
+    assert run_cli("migrate", "--dsn", dsn).code == 0
+    bar = empty_db.scalar("INSERT INTO bars DEFAULT VALUES RETURNING id")
+    key = base64.b64encode(bytes(32)).decode()
+    secrets = {
+        "MPESA_SYNC_ENCRYPTION_KEY": key,
+        "MPESA_SYNC_CONSUMER_KEY": "k",
+        "MPESA_SYNC_CONSUMER_SECRET": "s",
+        "MPESA_SYNC_PASSKEY": "p",
+    }
+    runs = [
+        (
+            [
+                "settings",
+                "set",
+                "--bar",
+                str(bar),
+                "--environment",
+                "sandbox",
+                "--shortcode",
+                "174379",
+                "--active",
+            ],
+            0,
+        ),
+        (["settings", "show", "--bar", str(bar), "--format", "json"], 0),
+        (["settings", "show", "--bar", str(bar)], 0),
+        (["verify"], 0),
+        (["reconcile"], 0),
+        (["alerts", "--all"], 0),
+        (["status"], 0),
+        (["prune", "--older-than", "1d"], 0),
+        (["migrate"], 0),
+    ]
+    for args, code in runs:
+        result = run_cli(*args, "--dsn", dsn, env=secrets)
+        assert result.code == code, f"{args}: {result.stderr}"
+        assert result.stderr == "" or "error" not in result.stderr.lower(), result.stderr
+    shown = json.loads(
+        run_cli("settings", "show", "--bar", str(bar), "--dsn", dsn, "--format", "json").stdout
+    )
+    assert shown["mpesa_enabled"] is True
+    assert shown["credentials"][0]["updated_at"] is None  # the host has no such column
+    check = run_cli(
+        "settings",
+        "check",
+        "--bar",
+        str(bar),
+        "--dsn",
+        dsn,
+        "--daraja-url",
+        "http://127.0.0.1:1",
+        env=secrets,
+    )
+    assert check.code == 2
+    assert_one_line_error(check.stderr, "cannot reach Daraja")  # it got past the database
+    with RelayProcess(dsn, "--since", "0") as relay:
+        (event,) = relay.events(1)
+        assert event["bar_id"] == str(bar) and event["mpesa_enabled"] is True
+        relay.stop()
+    assert run_cli("rollback", "--all", "--dsn", dsn).code == 0

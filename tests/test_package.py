@@ -88,8 +88,19 @@ def test_help_lists_every_command() -> None:
     result = subprocess.run(
         [str(MPESA_SYNC), "--help"], capture_output=True, text=True, timeout=60, check=True
     )
-    listed = re.findall(r"^  (\w+) ", result.stdout.split("Commands:", 1)[1], re.MULTILINE)
-    assert listed == ["alerts", "migrate", "reconcile", "relay", "rollback", "settings", "verify"]
+    listed = re.findall(r"^  ([\w-]+) ", result.stdout.split("Commands:", 1)[1], re.MULTILINE)
+    assert listed == [
+        "alerts",
+        "migrate",
+        "migrations-dir",
+        "prune",
+        "reconcile",
+        "relay",
+        "rollback",
+        "settings",
+        "status",
+        "verify",
+    ]
 
 
 # -- what the wheel ships ------------------------------------------------------------

@@ -273,7 +273,7 @@ def test_database_without_our_schema_changes_nothing(host_db: Database) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["reconcile", "--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
+        (["reconcile", "--batch-size", "0"], "0 is not in the range 1<=x<=2147483647"),
         (["reconcile", "--batch-size", "-5"], "Invalid value for '--batch-size'"),
         (["reconcile", "--batch-size", "many"], "'many' is not a valid integer"),
         (["reconcile", "--lock-timeout", "0"], "Invalid value for '--lock-timeout'"),

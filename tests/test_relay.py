@@ -30,13 +30,17 @@ from tests.support.database import Database
 from tests.support.relay import (
     RelayProcess,
     SseReader,
+    log_state,
     new_events,
     newest_event_id,
+    scrape,
     set_active,
     strip_at,
 )
+from tests.support.waiting import wait_for
 
 SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
+NON_ASCII = "café:1".encode()  # as a client sends it: UTF-8 bytes
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -210,9 +214,11 @@ def test_starts_after_the_newest_event_by_default(db: Database) -> None:
     [
         (["--http", "nonsense"], "'nonsense' is not HOST:PORT"),
         (["--http", "127.0.0.1:99999"], "is not HOST:PORT"),
-        (["--since", "abc"], "'abc' is not a valid integer"),
+        (["--since", "abc"], "'abc' is not EVENT_ID or GENERATION:EVENT_ID"),
         (["--since", "-1"], "--since"),
+        (["--since", "1" * 20], "is not EVENT_ID or GENERATION:EVENT_ID"),
         (["--since", "999999"], "--since 999999 is past the newest event"),
+        (["--since", f"{uuid.UUID(int=1)}:0"], "belongs to another event log"),
         (["--bar", "not-a-uuid"], "not a valid UUID"),
     ],
 )
@@ -320,16 +326,22 @@ def test_http_errors_are_json(db: Database, relay_http: Any) -> None:
             (client.get("/events?bar_id=42"), 400, "malformed bar id"),
             (client.get("/events", headers={"Last-Event-ID": "abc"}), 400, "Last-Event-ID"),
             (client.get("/events", headers={"Last-Event-ID": "-3"}), 400, "Last-Event-ID"),
+            (client.get("/events", headers={"Last-Event-ID": NON_ASCII}), 400, "Last-Event-ID"),
+            (client.get(f"/events?bar_id={uuid.uuid4()}"), 404, "no bar"),
+            (client.post("/events"), 405, "GET only"),
             (client.get("/no-such-page"), 404, "Not Found"),
         ]
         for response, status, needle in cases:
             assert response.status_code == status, response.text
             assert response.headers["content-type"] == "application/json"
             assert needle in response.json()["error"]
+            assert "caf" not in response.text  # a Last-Event-ID is never echoed back
+            assert "access-control-allow-origin" not in response.headers  # no CORS by default
         health = client.get("/healthz")
         assert health.status_code == 200
         assert health.json()["listening"] is True
         assert health.json()["last_event_id"] == newest_event_id(db)
+        assert health.json()["generation"] == log_state(db)["generation"]
         page = client.get(f"/?bar_id={bar}")
         assert page.status_code == 200 and "EventSource" in client.get("/static/page.js").text
 
@@ -358,6 +370,7 @@ def test_a_slow_subscriber_is_dropped_without_stalling_the_others(db: Database) 
         assert got == sorted(got) and len(set(got)) == 8
         with pytest.raises(SubscriptionLagged):
             await slow.next()
+        assert relay.stats.dropped == 1
         # one event for its bar: within its backlog, so still served
         assert [e.bar_id for e in await slow_bar.next()] == [bars[0]]
         relay.stop()
@@ -400,3 +413,130 @@ def test_sse_heartbeat_and_clean_end_on_stop(db: Database) -> None:
         await asyncio.wait_for(asyncio.gather(relay_task, server_task), 20)
 
     asyncio.run(scenario())
+
+
+# -- metrics, the client cap, CORS -----------------------------------------------------
+
+
+def test_metrics_after_known_events(db: Database) -> None:
+    bar, other = db.add_bar("mine"), db.add_bar("other")
+    db.add_credentials(bar, active=False)
+    db.add_credentials(other, active=False)
+    with RelayProcess(db.dsn, "--http", "127.0.0.1:0") as relay:
+        url = relay.http_url()
+        relay.wait_listening()
+        before = scrape(url)
+        assert before["mpesa_sync_relay_events_total"] == 0
+        assert before["mpesa_sync_relay_commit_to_send_seconds_count"] == 0
+        readers = [SseReader(f"{url}/events"), SseReader(f"{url}/events?bar_id={bar}")]
+        try:
+            set_active(db, bar, True)
+            set_active(db, other, True)
+            set_active(db, bar, False)
+            relay.events(3)
+            readers[0].take(3)
+            readers[1].take(2)
+            metrics = scrape(url)
+            assert metrics["mpesa_sync_relay_clients"] == 2
+            assert metrics["mpesa_sync_relay_listening"] == 1
+            assert metrics["mpesa_sync_relay_last_event_id"] == newest_event_id(db)
+            assert metrics["mpesa_sync_relay_events_total"] == 3
+            assert metrics["mpesa_sync_relay_commit_to_send_seconds_count"] == 3
+            assert 0 < metrics["mpesa_sync_relay_commit_to_send_seconds_sum"] < 30
+            for name in ("resets", "client_resets", "dropped_clients", "refused_clients"):
+                assert metrics[f"mpesa_sync_relay_{name}_total"] == 0, name
+        finally:
+            for reader in readers:
+                reader.close()
+        text = httpx.get(f"{url}/metrics").text
+        assert "# TYPE mpesa_sync_relay_commit_to_send_seconds histogram" in text
+        relay.stop()
+
+
+def test_past_the_client_cap_a_stream_gets_503_and_the_open_ones_go_on(db: Database) -> None:
+    bar = db.add_bar()
+    db.add_credentials(bar, active=False)
+    with RelayProcess(db.dsn, "--http", "127.0.0.1:0", "--max-clients", "2") as relay:
+        url = relay.http_url()
+        relay.wait_listening()
+        readers = [SseReader(f"{url}/events"), SseReader(f"{url}/events?bar_id={bar}")]
+        try:
+            refused = httpx.get(f"{url}/events", timeout=10)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "5"
+            assert "at most 2 streams" in refused.json()["error"]
+            set_active(db, bar, True)
+            for reader in readers:  # untouched by the refusal
+                (event,) = reader.take(1)
+                assert event["id"] == newest_event_id(db)
+            assert scrape(url)["mpesa_sync_relay_refused_clients_total"] == 1
+        finally:
+            readers.pop().close()
+        try:
+            # Once a stream has closed, the next one is let in.
+            wait_for("a free place", lambda: scrape(url)["mpesa_sync_relay_clients"] == 1)
+            readers.append(SseReader(f"{url}/events"))
+            assert readers[-1].status == 200
+        finally:
+            for reader in readers:
+                reader.close()
+        relay.stop()
+
+
+def test_cors_only_for_the_allowed_origins_and_only_on_the_customer_routes(db: Database) -> None:
+    bar = db.add_bar()
+    db.add_credentials(bar, active=True)
+    app_origin, other_origin = "http://app.example:3000", "https://evil.example"
+    with RelayProcess(
+        db.dsn,
+        "--http",
+        "127.0.0.1:0",
+        "--allow-origin",
+        app_origin,
+        "--allow-origin",
+        "https://second.example",
+    ) as relay:
+        url = relay.http_url()
+        relay.wait_listening()
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for path in (f"/bars/{bar}/payment-options", f"/bars/{uuid.uuid4()}/payment-options"):
+                allowed = client.get(path, headers={"Origin": app_origin})
+                assert allowed.headers["access-control-allow-origin"] == app_origin
+                assert "Origin" in allowed.headers["vary"]
+                refused = client.get(path, headers={"Origin": other_origin})
+                assert "access-control-allow-origin" not in refused.headers
+                assert refused.status_code == allowed.status_code  # CORS is the browser's call
+            for path in ("/healthz", "/metrics", f"/?bar_id={bar}"):
+                response = client.get(path, headers={"Origin": app_origin})
+                assert "access-control-allow-origin" not in response.headers, path
+            preflight = client.options(
+                "/events",
+                headers={
+                    "Origin": app_origin,
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "last-event-id",
+                },
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == app_origin
+            assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()
+            stranger = client.options(
+                "/events",
+                headers={"Origin": other_origin, "Access-Control-Request-Method": "GET"},
+            )
+            assert "access-control-allow-origin" not in stranger.headers
+        readers = [
+            SseReader(f"{url}/events", headers={"Origin": "https://second.example"}),
+            SseReader(f"{url}/events", headers={"Origin": other_origin}),
+            SseReader(f"{url}/events"),
+        ]
+        try:
+            allowed, *others = readers
+            assert allowed.headers["access-control-allow-origin"] == "https://second.example"
+            # The stream's headers are not shared: the next streams carry no grant.
+            assert all("access-control-allow-origin" not in r.headers for r in others)
+            assert all(r.status == 200 for r in readers)
+        finally:
+            for reader in readers:
+                reader.close()
+        relay.stop()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,6 +16,7 @@ import pytest
 from mpesa_sync.crypto import KEY_ENV, CredentialCipher
 from tests.support.cli import assert_one_line_error, run_cli, run_on_terminal
 from tests.support.database import Database
+from tests.support.http import QuietHandler, serving
 
 KEY = base64.b64encode(bytes(range(100, 132))).decode()
 SECRETS = {
@@ -204,7 +204,7 @@ class FakeDaraja(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class _DarajaHandler(BaseHTTPRequestHandler):
+class _DarajaHandler(QuietHandler):
     server: FakeDaraja
 
     def do_GET(self) -> None:
@@ -232,28 +232,14 @@ class _DarajaHandler(BaseHTTPRequestHandler):
             )
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(status, json.dumps(body).encode(), "application/json")
 
 
 @pytest.fixture
 def daraja() -> Iterator[FakeDaraja]:
-    server = FakeDaraja(SECRETS["MPESA_SYNC_CONSUMER_KEY"], SECRETS["MPESA_SYNC_CONSUMER_SECRET"])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    key, secret = SECRETS["MPESA_SYNC_CONSUMER_KEY"], SECRETS["MPESA_SYNC_CONSUMER_SECRET"]
+    with serving(FakeDaraja(key, secret)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def check(db: Database, bar: Any, *args: str, **extra_env: str | None) -> Any:

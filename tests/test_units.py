@@ -22,16 +22,27 @@ import pytest
 from psycopg import errors as pg_errors
 from starlette.exceptions import HTTPException
 
-from mpesa_sync import cli, db, errors, migrations
+from mpesa_sync import cli, db, errors, migrations, retention
 from mpesa_sync.commands.relay import HostPort
 from mpesa_sync.credentials import _Redactor
 from mpesa_sync.crypto import KEY_ENV, CredentialCipher
 from mpesa_sync.queries import load_queries, query
-from mpesa_sync.relay.events import StatusEvent, payload_event_id
-from mpesa_sync.relay.listener import MAX_EVENT_ID, _Backoff
+from mpesa_sync.relay.events import (
+    FUTURE,
+    MAX_EVENT_ID,
+    OTHER_LOG,
+    PRUNED,
+    LogState,
+    Position,
+    Reset,
+    StatusEvent,
+    payload_event_id,
+)
+from mpesa_sync.relay.listener import _Backoff
 from mpesa_sync.relay.sse import _Frames, parse_bar_id, parse_last_event_id
-from mpesa_sync.resources import resource_dir
+from mpesa_sync.resources import migration_ids, resource_dir
 from mpesa_sync.retry import RetryPolicy, is_transient
+from tests.support.cli import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.no_database
 
@@ -217,10 +228,13 @@ def test_a_missing_or_bad_key_is_a_config_error(value: str) -> None:
 # -- the relay's parsers and encoders ------------------------------------------------
 
 
+GENERATION = uuid.UUID("0b5c7a9e-3d1f-4e2a-9c8b-7f6e5d4c3b2a")
+
+
 def test_status_event_is_encoded_once_as_a_line_and_a_frame() -> None:
     bar = uuid.UUID(int=7)
     at = datetime(2026, 11, 26, 9, 30, tzinfo=timezone(timedelta(hours=3)))
-    event = StatusEvent.from_row((42, bar, True, "credentials", at))
+    event = StatusEvent.from_row((42, bar, True, "credentials", at), GENERATION)
     assert json.loads(event.line) == {
         "event_id": 42,
         "bar_id": str(bar),
@@ -228,7 +242,20 @@ def test_status_event_is_encoded_once_as_a_line_and_a_frame() -> None:
         "source": "credentials",
         "at": "2026-11-26T06:30:00+00:00",  # always UTC
     }
-    assert event.sse == f"id: 42\ndata: {event.line}\n\n".encode()
+    assert event.sse == f"id: {GENERATION}:42\ndata: {event.line}\n\n".encode()
+
+
+def test_a_reset_is_a_line_and_a_named_frame_whose_id_is_the_new_position() -> None:
+    log = LogState(GENERATION, pruned_through=10, oldest_event_id=11, newest_event_id=57)
+    reset = Reset.of(PRUNED, log)
+    assert json.loads(reset.line) == {
+        "reset": True,
+        "reason": "pruned",
+        "newest_event_id": 57,
+        "generation": str(GENERATION),
+    }
+    assert reset.sse == f"event: reset\nid: {GENERATION}:57\ndata: {reset.line}\n\n".encode()
+    assert reset.position == Position(57, GENERATION)
 
 
 @pytest.mark.parametrize(
@@ -239,30 +266,70 @@ def test_a_notification_is_only_a_hint_of_an_event_id(payload: str, expected: in
     assert payload_event_id(payload) == expected
 
 
+def test_positions_parse_with_or_without_a_generation() -> None:
+    assert Position.parse(" 17 ") == Position(17)
+    assert Position.parse(f"{GENERATION}:17") == Position(17, GENERATION)
+    assert Position.parse(f"{str(GENERATION).upper()}:0") == Position(0, GENERATION)
+    assert str(Position(17, GENERATION)) == f"{GENERATION}:17" and str(Position(17)) == "17"
+    assert Position.parse(str(MAX_EVENT_ID)) == Position(MAX_EVENT_ID)
+    bad = ["abc", "-3", "", str(MAX_EVENT_ID + 1), "1" * 20, f"{GENERATION}:", "x:1", "١٢", "17é"]
+    for text in bad:
+        with pytest.raises(ValueError) as caught:
+            Position.parse(text)
+        assert text not in str(caught.value) or not text
+
+
+@pytest.mark.parametrize(
+    ("position", "reason"),
+    [
+        (Position(10), None),  # exactly where the prune stopped: the next event is kept
+        (Position(57, GENERATION), None),
+        (Position(30, GENERATION), None),
+        (Position(9), PRUNED),
+        (Position(0, GENERATION), PRUNED),
+        (Position(58), FUTURE),
+        (Position(30, uuid.UUID(int=1)), OTHER_LOG),
+    ],
+)
+def test_which_positions_a_log_honours(position: Position, reason: str | None) -> None:
+    log = LogState(GENERATION, pruned_through=10, oldest_event_id=12, newest_event_id=57)
+    assert log.invalid(position) == reason
+    if reason is not None:
+        assert str(position) in log.describe(position, reason)
+
+
 def test_sse_request_parsers() -> None:
     assert parse_bar_id(None) is None
     assert parse_bar_id(str(uuid.UUID(int=3))) == uuid.UUID(int=3)
     assert parse_last_event_id(None) is None and parse_last_event_id(" ") is None
-    assert parse_last_event_id(" 17 ") == 17
-    assert parse_last_event_id(str(MAX_EVENT_ID)) == MAX_EVENT_ID
-    for bad in ("abc", "-3", str(MAX_EVENT_ID + 1), "1" * 20):
+    assert parse_last_event_id(" 17 ") == Position(17)
+    assert parse_last_event_id(f"{GENERATION}:3") == Position(3, GENERATION)
+    for bad in ("abc", "-3", str(MAX_EVENT_ID + 1), "1" * 20, "caf\xe9:1"):
         with pytest.raises(HTTPException) as caught:
             parse_last_event_id(bad)
         assert caught.value.status_code == 400
+        assert bad not in caught.value.detail  # never echoed
     with pytest.raises(HTTPException, match="malformed bar id"):
         parse_bar_id("42")
 
 
 def test_frames_of_one_batch_are_joined_once_and_shared() -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    events = [StatusEvent.from_row((i, uuid.UUID(int=i), True, "reconcile", at)) for i in (1, 2)]
+    events = [
+        StatusEvent.from_row((i, uuid.UUID(int=i), True, "reconcile", at), GENERATION)
+        for i in (1, 2)
+    ]
     frames = _Frames(size=1)
-    joined = frames.join(events)
+    joined = frames.join(list(events))
     assert joined == events[0].sse + events[1].sse
     assert frames.join(list(events)) is joined  # the same bytes object, not joined again
     assert frames.join(events[:1]) is events[0].sse
-    frames.join([*events, events[0]])  # evicts the first batch (size 1)
-    assert frames.join(events) is not joined
+    # Equal ids in another log (after a reset) are other objects: never the cached bytes.
+    rows = [(e.event_id, e.bar_id, False, "x", at) for e in events]
+    other = [StatusEvent.from_row(row, GENERATION) for row in rows]
+    assert frames.join(other) == other[0].sse + other[1].sse != joined
+    frames.join([*events, events[0]])  # evicts (size 1)
+    assert frames.join(list(events)) is not joined
 
 
 def test_reconnect_backoff_doubles_with_jitter_up_to_the_cap() -> None:
@@ -349,3 +416,86 @@ def test_sql_sources_cite_files_that_exist() -> None:
         cited |= set(re.findall(r"\b((?:tests|sql|benchmarks|docs)/[\w/]+\.(?:py|sql|md))", text))
     assert cited
     assert sorted(c for c in cited if not (ROOT / c).exists()) == []
+
+
+# -- options, refused before the database is touched -----------------------------------
+
+NOWHERE = "postgresql://nobody@127.0.0.1:1/nowhere"  # any use of it would say "cannot connect"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["reconcile", "--lock-timeout", "nan"], "'nan' is not a finite number"),
+        (["reconcile", "--lock-timeout", "inf"], "--lock-timeout"),
+        (["reconcile", "--lock-timeout", "-inf"], "--lock-timeout"),
+        (["reconcile", "--lock-timeout", "1e9"], "--lock-timeout"),
+        (["reconcile", "--lock-timeout", "0"], "--lock-timeout"),
+        (["reconcile", "--batch-size", "0"], "--batch-size"),
+        (["reconcile", "--batch-size", str(2**31)], "--batch-size"),
+        (["verify", "--limit", str(2**31)], "--limit"),
+        (["verify", "--limit", "-1"], "--limit"),
+        (["alerts", "ack", str(2**63)], "ID"),
+        (["rollback", "--steps", str(2**31)], "--steps"),
+        (["settings", "check", "--bar", str(uuid.UUID(int=1)), "--timeout", "nan"], "finite"),
+        (["settings", "check", "--bar", str(uuid.UUID(int=1)), "--timeout", "inf"], "--timeout"),
+        (["settings", "check", "--bar", str(uuid.UUID(int=1)), "--timeout", "1e9"], "--timeout"),
+        (["relay", "--since", "nan"], "is not EVENT_ID"),
+        (["relay", "--since", str(2**63)], "is not EVENT_ID"),
+        (["relay", "--http", "127.0.0.1:0", "--max-clients", "0"], "--max-clients"),
+        (["relay", "--http", "127.0.0.1:0", "--max-clients", "inf"], "--max-clients"),
+        (["relay", "--http", "127.0.0.1:0", "--max-clients", "1e9"], "--max-clients"),
+        (["relay", "--http", "h:0", "--allow-origin", "https://app.example/x"], "not an origin"),
+        (["relay", "--http", "h:0", "--allow-origin", "*"], "is not an origin"),
+        (["relay", "--http", "h:0", "--allow-origin", "app.example"], "is not an origin"),
+        (["relay", "--allow-origin", "https://app.example"], "need --http"),
+        (["prune", "--older-than", "30"], "a number and a unit"),
+        (["prune", "--older-than", "0d"], "must be above 0"),
+        (["prune", "--older-than", "36501d"], "at most 36500d"),
+        (["prune", "--older-than", "-1d"], "a number and a unit"),
+        (["prune", "--older-than", "nand"], "a number and a unit"),
+        (["prune", "--older-than", "1e3d"], "a number and a unit"),
+        (["prune", "--older-than", "30d", "--batch-size", "0"], "--batch-size"),
+        (["prune", "--older-than", "30d", "--batch-size", "1000001"], "--batch-size"),
+        (["prune"], "--older-than"),
+    ],
+)
+def test_bad_options_are_refused_before_the_database(args: list[str], needle: str) -> None:
+    result = run_cli(*args, "--dsn", NOWHERE)
+    assert result.code == 2, result.stderr
+    assert_one_line_error(result.stderr, needle)
+    assert "cannot connect" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("90m", timedelta(minutes=90)),
+        (" 45s ", timedelta(seconds=45)),
+        ("36500d", timedelta(days=36500)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert retention.parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 0.0, -1.0, 1e9])
+def test_the_library_refuses_a_lock_timeout_postgresql_cannot_take(seconds: float) -> None:
+    with pytest.raises(errors.ConfigError, match="lock timeout"):
+        db.check_lock_timeout(seconds)
+    assert db.check_lock_timeout(db.MAX_LOCK_TIMEOUT) == db.MAX_LOCK_TIMEOUT
+
+
+def test_the_packaged_migrations_are_the_files() -> None:
+    ids = migration_ids()
+    assert ids[0] == "0001_mpesa_sync_base" and "0005_mpesa_sync_retention_v1" in ids
+    assert ids == sorted(ids) and not any(i.endswith(".rollback") for i in ids)
+
+
+def test_migrations_dir_prints_the_folder_yoyo_reads() -> None:
+    result = run_cli("migrations-dir")
+    assert result.code == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert folder == resource_dir("migrations") and (folder / "0001_mpesa_sync_base.sql").exists()

@@ -1,9 +1,13 @@
-"""Upgrading a live database from the v1 core (0003) to v2 (0004), and back.
+"""Upgrading a live database from the released core (0003) to this one (0004
+and 0005), and back.
 
-The database holds bars, credentials and events; a relay follows it from
-before the upgrade; writers toggle credentials all through. No event is lost
-or repeated across the upgrade, no bar drifts, and a rollback restores the
-0003 schema and its behaviour.
+The database holds bars, credentials and events; writers toggle credentials
+all through the upgrade, and a listener follows the events across it the way
+the released relay does (LISTEN, then read status_events after the last id
+handed on; the relay of this release needs 0005's event log, so it takes
+over after the upgrade, from the listener's last position). No event is lost
+or repeated, no bar drifts, and a rollback restores the 0003 schema and its
+behaviour.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import random
 import threading
 import uuid
+from typing import Any
+
+import psycopg
 
 from mpesa_sync import migrations
 from tests.support.catalog import describe
@@ -21,6 +28,7 @@ from tests.support.waiting import wait_for
 
 V1 = "0003_mpesa_sync_settings_v1"
 V2 = "0004_mpesa_sync_v2"
+RETENTION = "0005_mpesa_sync_retention_v1"
 TOGGLE = "UPDATE mpesa_credentials SET is_active = NOT is_active WHERE tenant_id = %s"
 
 
@@ -63,6 +71,49 @@ class Writers:
         wait_for(f"{count} more toggles", lambda: self.toggles >= target or self.errors)
 
 
+class Listener:
+    """The documented protocol of a service that follows status changes:
+    LISTEN on a dedicated autocommit connection, then read status_events
+    after the last id handed on, again after every notification."""
+
+    def __init__(self, db: Database, after: int) -> None:
+        self.db, self.last = db, after
+        self.ids: list[int] = []
+        self.stopped = threading.Event()
+        self.listening = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> Listener:
+        self._thread.start()
+        assert self.listening.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self._thread.join(timeout=30)
+
+    def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
+        for (event_id,) in conn.execute(
+            "SELECT event_id FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
+            (self.last,),
+        ):
+            self.ids.append(event_id)
+            self.last = event_id
+
+    def _run(self) -> None:
+        with self.db.connect() as conn:
+            conn.execute("LISTEN mpesa_status")
+            self.listening.set()
+            self._catch_up(conn)
+            while not self.stopped.is_set():
+                for _ in conn.notifies(timeout=0.2):
+                    break  # a hint: leave the generator, then read the table
+                self._catch_up(conn)
+
+    def wait_for(self, event_id: int) -> None:
+        wait_for(f"the listener to reach event {event_id}", lambda: self.last >= event_id)
+
+
 def relayed_ids(relay: RelayProcess, upto: int) -> list[int]:
     """The event ids the relay printed, until it has printed ``upto``."""
     ids: list[int] = []
@@ -85,18 +136,23 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Databa
     assert refused.code == 2
     assert "0004_mpesa_sync_v2 is not applied" in refused.stderr
 
-    with RelayProcess(host_db.dsn, "--since", str(start)) as relay:
-        relay.wait_listening()
+    with Listener(host_db, start) as listener:
         with Writers(host_db, bars) as writers:
             writers.wait_for_more(50)
             report = migrations.migrate(host_db.dsn)
             writers.wait_for_more(50)
+            # this release's relay takes over from where the listener stands
+            taken_over_at = listener.last
+            with RelayProcess(host_db.dsn, "--since", str(taken_over_at)) as relay:
+                relay.wait_listening()
+                writers.wait_for_more(50)
+                writers.stopped.set()
+                newest = newest_event_id(host_db)
+                relayed = relayed_ids(relay, newest)
+                relay.stop()
         assert writers.errors == []
-        newest = newest_event_id(host_db)
-        ids = relayed_ids(relay, newest)
-        relay.stop()
-
-    assert report.applied == [V2]
+        listener.wait_for(newest)
+    assert report.applied == [V2, RETENTION]
     table_ids = [
         row["event_id"]
         for row in host_db.query(
@@ -104,27 +160,26 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Databa
             (start,),
         )
     ]
-    assert ids == table_ids  # nothing lost, nothing repeated, in order
-    assert len(ids) >= 100
+    assert listener.ids == table_ids  # nothing lost, nothing repeated, in order
+    assert relayed == [i for i in table_ids if i > taken_over_at]
+    assert len(table_ids) >= 150
     assert host_db.drift() == []
     assert host_db.scalar("SELECT count(*) FROM mpesa_sync.pending_changes") == 0
 
     # back to 0003: its schema exactly, and its behaviour
-    assert migrations.rollback(host_db.dsn) == [V2]
+    assert migrations.rollback(host_db.dsn, count=2) == [RETENTION, V2]
     assert describe(host_db.dsn) == at_v1
     before = newest_event_id(host_db)
     with host_db.connect(autocommit=False) as conn:
         conn.execute(TOGGLE, (bars[0],))
         # v1 numbers an event in the statement, before its transaction commits
-        assert (
-            conn.execute("SELECT max(event_id) FROM mpesa_sync.status_events").fetchone()[0]
-            > before
-        )
+        newest_inside = conn.execute("SELECT max(event_id) FROM mpesa_sync.status_events")
+        assert newest_inside.fetchone()[0] > before
         conn.commit()
     assert host_db.drift() == []
 
     # and forward again
-    assert migrations.migrate(host_db.dsn).applied == [V2]
+    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION]
     with host_db.connect() as conn:
         conn.execute(TOGGLE, (bars[1],))
     assert host_db.drift() == []

@@ -7,6 +7,7 @@ imports click and nothing else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,26 @@ EXIT_ERROR = 2  # bad input, unreachable database, schema not installed
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 DSN_HELP = "libpq connection string or URL (env MPESA_SYNC_DSN)."
+
+# The largest values numeric options take: what the database (or the code)
+# can honour, checked before anything touches the database.
+MAX_INTEGER = 2**31 - 1  # a PostgreSQL integer
+MAX_BIGINT = 2**63 - 1  # a PostgreSQL bigint: event and alert ids
+
+
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan (inf is out of any bounded range)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def seconds(minimum: float, maximum: float, *, min_open: bool = True) -> FiniteRange:
+    """Seconds above (or from) ``minimum`` up to ``maximum``, finite."""
+    return FiniteRange(min=minimum, max=maximum, min_open=min_open)
 
 
 def dsn_option(func: F) -> F:

@@ -12,7 +12,7 @@ import click
 
 from mpesa_sync import alerts as alerts_api
 from mpesa_sync import db
-from mpesa_sync.commands import DSN_HELP, EXIT_OK, format_option, require_dsn
+from mpesa_sync.commands import DSN_HELP, EXIT_OK, MAX_BIGINT, format_option, require_dsn
 
 
 @click.group("alerts", invoke_without_command=True)
@@ -47,7 +47,7 @@ def alerts(
 
 
 @alerts.command("ack")
-@click.argument("alert_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("alert_id", metavar="ID", type=click.IntRange(min=1, max=MAX_BIGINT))
 @click.option("--dsn", metavar="DSN", help=DSN_HELP)
 @click.pass_context
 def ack(ctx: click.Context, alert_id: int, dsn: str | None) -> int:

@@ -1,4 +1,4 @@
-"""`mpesa-sync migrate` and `mpesa-sync rollback`."""
+"""`mpesa-sync migrate`, `mpesa-sync rollback` and `mpesa-sync migrations-dir`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import click
 
 from mpesa_sync import migrations
-from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, format_option
+from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, MAX_INTEGER, dsn_option, format_option
+from mpesa_sync.resources import resource_dir
 
 
 @click.command()
@@ -28,6 +29,11 @@ def migrate(dsn: str, create_tables: bool, output_format: str) -> int:
         click.echo(json.dumps(report.as_dict()))
     elif report.applied:
         click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
+        if report.fixed:
+            click.echo(
+                f"fixed {report.fixed} bar(s) that had drifted "
+                "(each has a status event with source 'reconcile')"
+            )
     else:
         click.echo("already up to date")
     if report.refused and output_format == "text":
@@ -41,12 +47,25 @@ def migrate(dsn: str, create_tables: bool, output_format: str) -> int:
 
 @click.command()
 @dsn_option
-@click.option("--steps", type=click.IntRange(min=1), help="How many migrations to undo.")
+@click.option(
+    "--steps", type=click.IntRange(min=1, max=MAX_INTEGER), help="How many migrations to undo."
+)
 @click.option("--all", "undo_all", is_flag=True, help="Undo every migration.")
 def rollback(dsn: str, steps: int | None, undo_all: bool) -> int:
-    """Undo the newest migration (or --steps N, or --all)."""
+    """Undo the newest migration (or --steps N, or --all).
+
+    On a database without an install (a wrong DSN, most likely) it exits 2
+    and creates nothing.
+    """
     if steps and undo_all:
         raise click.UsageError("give --steps or --all, not both")
     undone = migrations.rollback(dsn, count=None if undo_all else (steps or 1))
     click.echo(f"rolled back {len(undone)} migration(s): {', '.join(undone) or '-'}")
+    return EXIT_OK
+
+
+@click.command("migrations-dir")
+def migrations_dir() -> int:
+    """Print the folder of the packaged migrations, for yoyo."""
+    click.echo(str(resource_dir("migrations")))
     return EXIT_OK

@@ -9,8 +9,15 @@ from contextlib import contextmanager
 
 import click
 
-from mpesa_sync import reconciliation
-from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, format_option
+from mpesa_sync import db, reconciliation
+from mpesa_sync.commands import (
+    EXIT_DRIFT,
+    EXIT_OK,
+    MAX_INTEGER,
+    dsn_option,
+    format_option,
+    seconds,
+)
 from mpesa_sync.errors import with_sqlstate
 
 
@@ -19,14 +26,14 @@ from mpesa_sync.errors import with_sqlstate
 @click.option("--dry-run", is_flag=True, help="Report the drift and change nothing.")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_INTEGER),
     default=reconciliation.DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Bars fixed per transaction.",
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=seconds(0, db.MAX_LOCK_TIMEOUT),
     default=reconciliation.DEFAULT_LOCK_TIMEOUT,
     show_default=True,
     metavar="SECONDS",

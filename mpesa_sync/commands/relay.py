@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from uuid import UUID
 
 import click
 
 from mpesa_sync.commands import EXIT_OK, dsn_option
 from mpesa_sync.relay import service as relay_service
+from mpesa_sync.relay.events import Position
+
+MAX_CLIENTS = 1_000_000
 
 
 class HostPort(click.ParamType[tuple[str, int]]):
@@ -30,6 +34,42 @@ class HostPort(click.ParamType[tuple[str, int]]):
         return host, int(port)
 
 
+class EventPosition(click.ParamType[Position]):
+    """EVENT_ID, or GENERATION:EVENT_ID as SSE ids and reset lines carry it."""
+
+    name = "EVENT_ID"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Position:
+        if isinstance(value, Position):
+            return value
+        try:
+            return Position.parse(str(value))
+        except ValueError:
+            self.fail(f"{str(value)[:80]!r} is not EVENT_ID or GENERATION:EVENT_ID", param, ctx)
+
+
+class Origin(click.ParamType[str]):
+    """A web origin, scheme://host[:port], as a browser sends it (lowercased)."""
+
+    name = "ORIGIN"
+    _ORIGIN = re.compile(r"https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:]+\])(?::[0-9]{1,5})?")
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        text = str(value).lower()
+        if not self._ORIGIN.fullmatch(text):
+            self.fail(
+                f"{str(value)[:80]!r} is not an origin: scheme://host[:port] with no path, "
+                "for example https://app.example.com",
+                param,
+                ctx,
+            )
+        return text
+
+
 @click.command()
 @dsn_option
 @click.option(
@@ -41,15 +81,36 @@ class HostPort(click.ParamType[tuple[str, int]]):
 )
 @click.option(
     "--since",
-    type=click.IntRange(min=0),
+    type=EventPosition(),
     metavar="EVENT_ID",
-    help="Start after this event id (default: after the newest event).",
+    help="Start after this event, EVENT_ID or GENERATION:EVENT_ID (default: after the "
+    "newest event); a position the log cannot honour is an error.",
 )
 @click.option(
     "--bar", "bar_id", type=click.UUID, metavar="BAR_ID", help="Only this bar's events on stdout."
 )
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    type=Origin(),
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages of this origin read /events and payment options (CORS); repeatable. "
+    "Default: no cross-origin access.",
+)
+@click.option(
+    "--max-clients",
+    type=click.IntRange(min=1, max=MAX_CLIENTS),
+    metavar="N",
+    help="Serve at most N SSE streams at once; past that, 503 with Retry-After.",
+)
 def relay(
-    dsn: str, http_address: tuple[str, int] | None, since: int | None, bar_id: UUID | None
+    dsn: str,
+    http_address: tuple[str, int] | None,
+    since: Position | None,
+    bar_id: UUID | None,
+    allow_origins: tuple[str, ...],
+    max_clients: int | None,
 ) -> int:
     """Relay every mpesa_status event: one JSON line per event on stdout.
 
@@ -57,7 +118,23 @@ def relay(
     database goes away, and stops cleanly on SIGINT/SIGTERM. Needs a direct
     or session-pooled connection: LISTEN does not work through PgBouncer in
     transaction mode.
+
+    When its position cannot be honoured (the log was pruned past it,
+    replaced or restored) it resets: one line on stderr, one JSON line
+    {"reset": true, ...} on stdout, a reset frame to every SSE client; then
+    it carries on live.
     """
+    if not http_address and (allow_origins or max_clients):
+        raise click.UsageError("--allow-origin and --max-clients need --http")
     with asyncio.Runner(loop_factory=relay_service.loop_factory()) as runner:
-        runner.run(relay_service.serve(dsn, http=http_address, since=since, bar_id=bar_id))
+        runner.run(
+            relay_service.serve(
+                dsn,
+                http=http_address,
+                since=since,
+                bar_id=bar_id,
+                allow_origins=allow_origins,
+                max_clients=max_clients,
+            )
+        )
     return EXIT_OK

@@ -15,7 +15,7 @@ import uuid
 import click
 
 from mpesa_sync import credentials, daraja, db
-from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_option
+from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_option, seconds
 from mpesa_sync.crypto import CredentialCipher
 from mpesa_sync.errors import ConfigError
 
@@ -140,7 +140,7 @@ def show_settings(dsn: str, bar_id: uuid.UUID, output_format: str) -> int:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=seconds(0.1, 600, min_open=False),
     default=10.0,
     show_default=True,
     help="Seconds to wait for Daraja.",

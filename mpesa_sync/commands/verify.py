@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mpesa_sync import verification
-from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_option
+from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, MAX_INTEGER, dsn_option, flag, format_option
 
 
 @click.command()
@@ -16,7 +16,7 @@ from mpesa_sync.commands import EXIT_DRIFT, EXIT_OK, dsn_option, flag, format_op
 @format_option
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_INTEGER),
     default=100,
     show_default=True,
     help="List at most N drifted bars (0: all); the total is always reported.",

@@ -50,6 +50,7 @@ def run_story(dsn: str) -> None:
     step("mpesa-sync migrate")
     report = migrations.migrate(dsn)
     click.echo(f"  applied: {', '.join(report.applied)}")
+    click.echo(f"  fixed {report.fixed} drifted bar(s)")
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         show_status(conn)

@@ -3,7 +3,8 @@
 One :class:`~mpesa_sync.relay.listener.Relay` feeds both the JSON lines on stdout and,
 with an HTTP address, the Starlette app served by uvicorn. SIGINT and SIGTERM
 stop both cleanly: the relay closes its subscriptions, which ends every SSE
-stream, and uvicorn then shuts down.
+stream, and uvicorn then shuts down. A reset is one JSON line on stdout too,
+``{"reset": true, ...}``, whatever ``--bar`` says.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TextIO
 from uuid import UUID
 
@@ -22,8 +23,8 @@ import uvicorn
 
 from mpesa_sync.errors import ConfigError
 from mpesa_sync.relay.app import create_app
-from mpesa_sync.relay.events import StatusEvent
-from mpesa_sync.relay.listener import Relay, RelayConfig, Sink
+from mpesa_sync.relay.events import Position, StatusEvent
+from mpesa_sync.relay.listener import Item, Relay, RelayConfig, Sink
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,18 @@ async def serve(
     dsn: str,
     *,
     http: tuple[str, int] | None = None,
-    since: int | None = None,
+    since: Position | None = None,
     bar_id: UUID | None = None,
     out: TextIO = sys.stdout,
     config: RelayConfig | None = None,
+    allow_origins: Collection[str] = (),
+    max_clients: int | None = None,
 ) -> None:
     """Relay until SIGINT/SIGTERM.
 
     Raises (before anything is relayed) DatabaseUnavailable, SchemaNotInstalled
-    or ConfigError for a bad start: an unreachable database, a ``since`` past
-    the newest event, an address it cannot listen on.
+    or ConfigError for a bad start: an unreachable database, a ``since`` the
+    log cannot honour, an address it cannot listen on.
     """
     sock = listen_socket(*http) if http else None
     relay = Relay(dsn, since=since, config=config)
@@ -72,7 +75,7 @@ async def serve(
         if sock is not None:
             server = _Server(
                 uvicorn.Config(
-                    create_app(relay, dsn),
+                    create_app(relay, dsn, allow_origins=allow_origins, max_clients=max_clients),
                     log_config=None,
                     access_log=False,
                     lifespan="on",
@@ -114,19 +117,20 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def stdout_sink(out: TextIO, bar_id: UUID | None, relay: Relay) -> Sink:
-    """One JSON line per event (of ``bar_id`` only, when given), flushed at once.
+    """One JSON line per event (of ``bar_id`` only, when given) and per reset,
+    flushed at once.
 
     A closed stdout (the reader went away) stops the relay instead of
     raising inside it.
     """
     closed = False
 
-    def write(event: StatusEvent) -> None:
+    def write(item: Item) -> None:
         nonlocal closed
-        if closed or (bar_id is not None and event.bar_id != bar_id):
+        if closed or (isinstance(item, StatusEvent) and bar_id not in (None, item.bar_id)):
             return
         try:
-            out.write(event.line + "\n")
+            out.write(item.line + "\n")
             out.flush()
         except BrokenPipeError:
             closed = True

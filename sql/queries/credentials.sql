@@ -17,6 +17,9 @@ SELECT mpesa_sync.save_settings(
 -- name: bar_settings
 -- A bar's non-secret M-Pesa state: its status, and each credential row
 -- (NULL columns when it has none), without a single secret column.
+-- created_at and updated_at are optional host columns (docs/install.md, "Host
+-- requirements"): read through the row as jsonb, they are NULL on a host
+-- that lacks them instead of an error.
 SELECT s.bar_id,
        s.mpesa_enabled,
        s.expected,
@@ -26,8 +29,8 @@ SELECT s.bar_id,
        coalesce(octet_length(c.consumer_key_enc), 0) > 0 AS has_consumer_key,
        coalesce(octet_length(c.consumer_secret_enc), 0) > 0 AS has_consumer_secret,
        coalesce(octet_length(c.passkey_enc), 0) > 0 AS has_passkey,
-       c.created_at,
-       c.updated_at
+       (to_jsonb(c) ->> 'created_at')::timestamptz AS created_at,
+       (to_jsonb(c) ->> 'updated_at')::timestamptz AS updated_at
 FROM mpesa_sync.bar_status_v1 AS s
 LEFT JOIN public.mpesa_credentials AS c ON c.tenant_id = s.bar_id
 WHERE s.bar_id = %(bar_id)s

@@ -4,7 +4,9 @@
 -- in ASCII, so that pg_locks shows where a key comes from):
 --
 --   1835100535  'mpmw'   take_migrate_lock, below: a whole `mpesa-sync migrate`
---   1836085859  'mprc'   take_reconcile_lock, below: one reconcile batch
+--   1836085859  'mprc'   take_reconcile_lock, below: one reconcile batch; and
+--                        hold_reconcile_lock: a whole migrate, so that the
+--                        bars it reports fixed are its own
 --   470037132129 'mpesa' mpesa_sync.publish_status_events_v2 (sql/schema.sql):
 --                        hands out event ids in commit order, at commit
 --
@@ -32,3 +34,12 @@ SELECT pg_advisory_xact_lock(1836085859);
 -- SET LOCAL with a parameter (SET itself takes no bind parameters); see
 -- mpesa_sync.db.set_lock_timeout.
 SELECT set_config('lock_timeout', %(lock_timeout)s, true);
+
+-- name: hold_reconcile_lock
+-- The reconcile lock for a whole `mpesa-sync migrate` (a session lock): a
+-- reconcile batch waits until the install is done, so the 'reconcile' events
+-- written meanwhile are all the install's own fixes.
+SELECT pg_advisory_lock(1836085859);
+
+-- name: release_reconcile_lock
+SELECT pg_advisory_unlock(1836085859);

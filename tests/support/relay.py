@@ -115,12 +115,18 @@ def _pump(stream: Any, sink: queue.Queue[str]) -> None:
 
 
 class SseReader:
-    """An SSE stream read by a thread (its own event loop); events land in a queue."""
+    """An SSE stream read by a thread (its own event loop); events land in a queue.
+
+    Each is a dict: ``id`` (the event id of the frame's ``GENERATION:EVENT_ID``),
+    ``generation``, ``data`` (parsed JSON) and, for a named event such as a
+    reset, ``event``.
+    """
 
     def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.opened = threading.Event()
         self.status: int | None = None
+        self.headers: httpx.Headers = httpx.Headers()
         self._loop = asyncio.new_event_loop()
         self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._run, args=(url, headers or {}), daemon=True)
@@ -142,12 +148,15 @@ class SseReader:
             httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client,
             client.stream("GET", url, headers=headers) as response,
         ):
-            self.status = response.status_code
+            self.status, self.headers = response.status_code, response.headers
             self.opened.set()
             event: dict[str, Any] = {}
             async for line in response.aiter_lines():
                 if line.startswith("id: "):
-                    event["id"] = int(line[4:])
+                    generation, _, event_id = line[4:].rpartition(":")
+                    event["id"], event["generation"] = int(event_id), generation or None
+                elif line.startswith("event: "):
+                    event["event"] = line[7:]
                 elif line.startswith("data: "):
                     event["data"] = json.loads(line[6:])
                 elif line == "" and event:
@@ -194,3 +203,34 @@ def newest_event_id(db: Database) -> int:
 
 def set_active(db: Database, bar: uuid.UUID, active: bool) -> None:
     db.execute("UPDATE mpesa_credentials SET is_active = %s WHERE tenant_id = %s", (active, bar))
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``GET /metrics`` as {sample name: value} (label-less samples only)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def log_state(db: Database) -> dict[str, Any]:
+    """mpesa_sync.event_log_v1 as a dict (generation as text)."""
+    [row] = db.query(
+        "SELECT generation::text AS generation, pruned_through, oldest_event_id, newest_event_id "
+        "FROM mpesa_sync.event_log_v1"
+    )
+    return row
+
+
+def age_events(db: Database, upto: int, days: int = 60) -> None:
+    """Make events up to ``upto`` look ``days`` old (behind the triggers' back)."""
+    db.execute(
+        "UPDATE mpesa_sync.status_events SET at = at - make_interval(days => %s) "
+        "WHERE event_id <= %s",
+        (days, upto),
+    )

@@ -1,0 +1,107 @@
+"""What `mpesa-sync status` reports: the state of an install, read-only.
+
+Everything is read in one READ ONLY, REPEATABLE READ transaction, so the
+figures agree with each other. Nothing here needs yoyo: the applied
+migrations are read from yoyo's own table, the packaged ones from the files.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from mpesa_sync import __version__, db
+from mpesa_sync.queries import query
+from mpesa_sync.resources import migration_ids
+
+
+@dataclass(frozen=True)
+class HostColumn:
+    """A column of the host's tables that mpesa-sync reads or writes."""
+
+    table: str
+    column: str
+    type: str
+    present: bool  # there, with a type mpesa-sync accepts
+
+
+@dataclass(frozen=True)
+class EventLogStatus:
+    """``mpesa_sync.status_events`` as one log: how much it keeps, and which log it is."""
+
+    events: int
+    oldest_event_id: int | None
+    newest_event_id: int
+    pruned_through: int
+    generation: uuid.UUID
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "generation": str(self.generation)}
+
+
+@dataclass
+class StatusReport:
+    """The state of the install in one database.
+
+    ``installed``: the sync functions are there. ``current``: installed, and
+    no packaged migration is pending.
+    """
+
+    installed: bool
+    applied: list[str]
+    pending: list[str]
+    host_columns: list[HostColumn]
+    event_log: EventLogStatus | None = None
+    open_alerts: int | None = None
+    version: str = field(default=__version__)
+
+    @property
+    def current(self) -> bool:
+        return self.installed and not self.pending
+
+    @property
+    def missing_columns(self) -> list[HostColumn]:
+        return [c for c in self.host_columns if not c.present]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "installed": self.installed,
+            "current": self.current,
+            "migrations": {"applied": self.applied, "pending": self.pending},
+            "event_log": self.event_log.as_dict() if self.event_log else None,
+            "open_alerts": self.open_alerts,
+            "host_columns": [asdict(c) for c in self.host_columns],
+        }
+
+
+def status(dsn: str) -> StatusReport:
+    """Read the state of the install; raises DatabaseUnavailable or
+    DatabaseError when it cannot be read, never because nothing is installed."""
+    with db.connection(dsn) as conn:
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        columns = [
+            HostColumn(table, column, data_type, bool(ok))
+            for table, column, data_type, _, _, ok in conn.execute(query("host_columns"))
+        ]
+        _, history = conn.execute(query("rollback_target")).fetchone()  # type: ignore[misc]
+        applied = [row[0] for row in conn.execute(query("applied_migrations"))] if history else []
+        core, event_log = conn.execute(query("schema_installed")).fetchone()  # type: ignore[misc]
+        report = StatusReport(
+            installed=bool(core),
+            applied=applied,
+            pending=[m for m in migration_ids() if m not in applied],
+            host_columns=columns,
+        )
+        if core:
+            report.open_alerts = int(conn.execute(query("open_alerts")).fetchone()[0])  # type: ignore[index]
+        if event_log:
+            generation, pruned, oldest, newest, events = conn.execute(
+                query("event_log_status")
+            ).fetchone()  # type: ignore[misc]
+            report.event_log = EventLogStatus(events, oldest, newest, pruned, generation)
+    return report
