@@ -238,6 +238,7 @@ SET enable_seqscan = off
 AS $$
 DECLARE
     v_bar_id uuid;
+    v_expected boolean;
 BEGIN
     IF coalesce(cardinality(p_bar_ids), 0) = 0 THEN
         RETURN;
@@ -267,19 +268,16 @@ BEGIN
     END IF;
 
     IF v_bar_id IS NOT NULL THEN
-        WITH rule AS MATERIALIZED (
-            SELECT EXISTS (
-                SELECT 1
-                FROM public.mpesa_credentials AS c
-                WHERE c.tenant_id = v_bar_id
-                  AND c.is_active
-            ) AS expected
-        )
+        v_expected := EXISTS (
+            SELECT 1
+            FROM public.mpesa_credentials AS c
+            WHERE c.tenant_id = v_bar_id
+              AND c.is_active
+        );
         UPDATE public.bars AS b
-        SET mpesa_enabled = r.expected
-        FROM rule AS r
+        SET mpesa_enabled = v_expected
         WHERE b.id = v_bar_id
-          AND b.mpesa_enabled IS DISTINCT FROM r.expected;
+          AND b.mpesa_enabled IS DISTINCT FROM v_expected;
     ELSE
         EXECUTE $sql$
             UPDATE public.bars AS b
