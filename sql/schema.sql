@@ -205,9 +205,9 @@ END
 $$;
 
 -- Bring the given bars in line with their credentials, in the caller's
--- transaction. Called by the credential triggers, save_settings and
--- fix_bars_v2 with the bars a statement touched (distinct ids) and, of
--- those, the bars it added a credential row to (see bar_write_tokens).
+-- transaction. Called by the credential triggers and save_settings with the
+-- bars a statement touched (distinct ids) and, of those, the bars it added a
+-- credential row to (see bar_write_tokens).
 --
 -- 1. Lock the bars' rows in id order, FOR NO KEY UPDATE: the lock an UPDATE
 --    of bars takes, and the one a hand-written dual write would hold too.
@@ -498,13 +498,18 @@ CREATE CONSTRAINT TRIGGER mpesa_sync_publish_v2
 
 -- Reconcile ----------------------------------------------------------------------
 
--- Fix the given bars: the one mechanism behind `mpesa-sync reconcile` (and,
--- through sync_bars_v2, behind every credential write). The whole set is tried
--- at once; if any bar refuses (a host CHECK, a host trigger, a lock timeout),
--- the set is retried bar by bar, and each bar that still refuses is left as it
--- is, raised as a WARNING with the database's error, recorded in alerts, and
--- returned. A fix locks its bars like a credential writer, so a value
--- computed here never lands beside a racing credential change unseen.
+-- Fix the given bars: what `mpesa-sync reconcile` calls, one batch at a
+-- time. The whole set is tried in one statement; if any bar refuses (a host
+-- CHECK, a host trigger, a lock timeout), the set is retried bar by bar, and
+-- each bar that still refuses is left as it is, raised as a WARNING with the
+-- database's error, recorded in alerts, and returned.
+--
+-- Unlike a credential write it takes no lock before it writes: it changes
+-- only bars that have drifted, and each of those it locks by writing it. The
+-- value it computes may come from an older snapshot than the row it lands
+-- on (a staff save committed while it waited for the row); correct_bar_v1
+-- recomputes it under the row lock, so a newer credential change is never
+-- overwritten with stale data.
 CREATE FUNCTION mpesa_sync.fix_bars_v2(p_bar_ids uuid[])
 RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint text)
 LANGUAGE plpgsql
@@ -516,7 +521,15 @@ DECLARE
     v_bar_id uuid;
 BEGIN
     BEGIN
-        PERFORM mpesa_sync.sync_bars_v2(ARRAY(SELECT DISTINCT u FROM unnest(p_bar_ids) AS u), '{}');
+        -- Planned for the batch it is given, as sync_bars_v2 plans many bars.
+        EXECUTE $sql$
+            UPDATE public.bars AS b
+            SET mpesa_enabled = s.expected
+            FROM mpesa_sync.bar_status_v1 AS s
+            WHERE s.bar_id = b.id
+              AND s.bar_id = ANY ($1)
+              AND s.mpesa_enabled IS DISTINCT FROM s.expected
+        $sql$ USING p_bar_ids;
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- some bar refused: retry bar by bar below
@@ -524,7 +537,12 @@ BEGIN
 
     FOR v_bar_id IN SELECT DISTINCT u FROM unnest(p_bar_ids) AS u ORDER BY u LOOP
         BEGIN
-            PERFORM mpesa_sync.sync_bars_v2(ARRAY[v_bar_id], '{}');
+            UPDATE public.bars AS b
+            SET mpesa_enabled = s.expected
+            FROM mpesa_sync.bar_status_v1 AS s
+            WHERE s.bar_id = b.id
+              AND s.bar_id = v_bar_id
+              AND s.mpesa_enabled IS DISTINCT FROM s.expected;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS
                 error = MESSAGE_TEXT,

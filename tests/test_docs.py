@@ -38,7 +38,7 @@ What is checked, block by block (a fenced block is known by its info string):
   to it use only keyword arguments its signature has (not run).
 - ``js payment-options``: word for word in the bundled page's script; other
   ``js`` blocks are not checked.
-- a block whose label is a path (``ini deploy/systemd/…``): that file, word
+- a block whose label is a path (``ini docs/systemd/…``): that file, word
   for word.
 - relative links resolve to files (and headings, for ``#anchors``), and every
   ``mpesa_sync.name`` the prose cites is an object of sql/schema.sql or a
@@ -500,7 +500,7 @@ def test_the_page_script_snippet_is_the_bundled_pages_own() -> None:
 def test_blocks_that_show_a_shipped_file_show_it_word_for_word() -> None:
     shown = [b for b in BLOCKS if "/" in b.label]
     assert {b.label for b in shown} == {
-        str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*") if p.is_file()
+        str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "systemd").rglob("*") if p.is_file()
     }
     for block in shown:
         assert block.text == (ROOT / block.label).read_text().rstrip("\n"), str(block)

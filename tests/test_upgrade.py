@@ -12,9 +12,7 @@ behaviour.
 
 from __future__ import annotations
 
-import random
 import threading
-import uuid
 from typing import Any
 
 import psycopg
@@ -25,50 +23,11 @@ from tests.support.cli import run_cli
 from tests.support.database import Database, migrate_up_to
 from tests.support.relay import RelayProcess, newest_event_id
 from tests.support.waiting import wait_for
+from tests.support.writers import TOGGLE, Writers
 
 V1 = "0003_mpesa_sync_settings_v1"
 V2 = "0004_mpesa_sync_v2"
 RETENTION = "0005_mpesa_sync_retention_v1"
-TOGGLE = "UPDATE mpesa_credentials SET is_active = NOT is_active WHERE tenant_id = %s"
-
-
-class Writers:
-    """Threads that toggle random bars, each in its own short transaction."""
-
-    def __init__(self, db: Database, bars: list[uuid.UUID], count: int = 4) -> None:
-        self.db, self.bars = db, bars
-        self.stopped = threading.Event()
-        self.toggles = 0
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(count)]
-
-    def __enter__(self) -> Writers:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with self.db.connect() as conn:
-            while not self.stopped.is_set():
-                try:
-                    conn.execute(TOGGLE, (rng.choice(self.bars),))
-                except Exception as exc:  # any error at all fails the test
-                    with self._lock:
-                        self.errors.append(f"{type(exc).__name__}: {exc}")
-                    return
-                with self._lock:
-                    self.toggles += 1
-
-    def wait_for_more(self, count: int) -> None:
-        target = self.toggles + count
-        wait_for(f"{count} more toggles", lambda: self.toggles >= target or self.errors)
 
 
 class Listener:
