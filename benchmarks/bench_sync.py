@@ -15,6 +15,7 @@ import psycopg
 from benchmarks.common import RUNS, Bench, Result, timed
 from mpesa_sync import migrations
 from mpesa_sync.dev import workload
+from mpesa_sync.dev.older import FIRST_RELEASE, migrate_up_to
 from mpesa_sync.resources import resource_dir
 
 # One sandbox credential row per bar, half of them active.
@@ -42,11 +43,15 @@ MIXED_BARS = 24
 MIXED_SECONDS = 8.0
 
 
-def prepare(dsn: str, rows: int, *, install: bool) -> None:
+def prepare(dsn: str, rows: int, *, install: bool, release: str | None = None) -> None:
+    """Host tables with ``rows`` bars; then every migration, or those of an
+    older ``release`` (up to and including that migration)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(resource_dir("sql").joinpath("host_example.sql").read_text())
         conn.execute(LOAD.replace("%(n)s", str(int(rows))))
-    if install:
+    if release:
+        migrate_up_to(dsn, release)
+    elif install:
         migrations.migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
@@ -145,6 +150,19 @@ def run(bench: Bench) -> list[Result]:
                     f"writes {rows:,} bars, events and notifications",
                 )
             )
+            if rows == flip_rows:
+                with bench.database() as today:
+                    prepare(today, rows, install=True, release=FIRST_RELEASE)
+                    results.append(
+                        Result(
+                            name=f"bulk flip, {rows:,} rows, against the released core",
+                            ours=flip_samples(after),
+                            bare=flip_samples(today),
+                            target=1.0,
+                            note=f"this release against migrations up to {FIRST_RELEASE} "
+                            "(the v1 core DBAs run today), same data, same run",
+                        )
+                    )
 
     for rows in toggle_sizes:
         with bench.database() as before, bench.database() as after:

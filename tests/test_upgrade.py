@@ -18,9 +18,10 @@ from typing import Any
 import psycopg
 
 from mpesa_sync import migrations
+from mpesa_sync.dev.older import migrate_up_to
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
-from tests.support.database import Database, migrate_up_to
+from tests.support.database import Database
 from tests.support.relay import RelayProcess, newest_event_id
 from tests.support.waiting import wait_for
 from tests.support.writers import TOGGLE, Writers

@@ -154,20 +154,3 @@ def fresh_database(srv: Server, template: str, prefix: str = "test") -> Iterator
         yield Database(srv, name)
     finally:
         drop_database(srv, name)
-
-
-def migrate_up_to(dsn: str, last: str) -> list[str]:
-    """Apply the migrations up to and including ``last``, as a database
-    installed by an older release has them; returns their ids."""
-    from yoyo import get_backend, read_migrations
-    from yoyo.migrations import MigrationList
-
-    available = read_migrations(str(resource_dir("migrations")))
-    backend = get_backend(migrations.yoyo_url(dsn))
-    try:
-        with backend.lock():
-            wanted = MigrationList([m for m in backend.to_apply(available) if m.id <= last])
-            backend.apply_migrations(wanted)
-            return [m.id for m in wanted]
-    finally:
-        backend.connection.close()
