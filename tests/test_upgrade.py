@@ -106,7 +106,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Databa
             with RelayProcess(host_db.dsn, "--since", str(taken_over_at)) as relay:
                 relay.wait_listening()
                 writers.wait_for_more(50)
-                writers.stopped.set()
+                writers.stop()
                 newest = newest_event_id(host_db)
                 relayed = relayed_ids(relay, newest)
                 relay.stop()

@@ -52,6 +52,10 @@ class Writers:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every writer and wait until none is in a transaction."""
         self.stopped.set()
         for thread in self._threads:
             thread.join(timeout=120)
