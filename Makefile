@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench profile lint clean
+.PHONY: demo test bench profile instructions lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mpesa-sync needs Python 3.11+"'
@@ -26,6 +26,9 @@ bench: $(STAMP)
 
 profile: $(STAMP)
 	$(PY) -m benchmarks.profile
+
+instructions: $(STAMP)
+	$(PY) -m benchmarks.instructions
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

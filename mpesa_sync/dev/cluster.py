@@ -142,13 +142,16 @@ class Cluster:
         path = self._root / "server.log"
         return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
 
-    def _run(self, tool: str, *args: str) -> None:
+    def run_as_owner(self, command: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Run ``command`` as the user that owns the data folder (a
+        single-user backend, say), ``stdin`` as its input; never raises."""
         user = self._user
         env = {**os.environ, "LC_ALL": "C"}
         if user:
             env["HOME"] = str(self._root)
-        result = subprocess.run(
-            [str(self.bindir / tool), *args],
+        return subprocess.run(
+            command,
+            input=stdin,
             capture_output=True,
             text=True,
             env=env,
@@ -158,6 +161,9 @@ class Cluster:
             group=user.pw_gid if user else None,
             extra_groups=[] if user else None,
         )
+
+    def _run(self, tool: str, *args: str) -> None:
+        result = self.run_as_owner([str(self.bindir / tool), *args])
         if result.returncode != 0:
             raise subprocess.CalledProcessError(
                 result.returncode,
