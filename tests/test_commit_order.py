@@ -140,16 +140,20 @@ def test_an_open_transaction_on_one_bar_does_not_delay_another(db: Database) -> 
     a, _ = bar_with_credential(db, "a", active=True)
     b, _ = bar_with_credential(db, "b", active=True)
     setup = newest(db)
-    with db.connect(autocommit=False) as open_on_a:
+    with db.connect(autocommit=False) as open_on_a, db.connect() as on_b:
         open_on_a.execute(TOGGLE, (a,))  # changes a's status and stays open
+        # b's session may wait at most 5 ms for any lock: a wait behind a's
+        # transaction would fail with lock_not_available, whatever the clock
+        on_b.execute("SET lock_timeout = '5ms'")
         started = time.monotonic()
-        db.execute(TOGGLE, (b,))  # a separate session, in autocommit
+        for _ in range(3):  # off, on, off: three commits, three events
+            on_b.execute(TOGGLE, (b,))
         elapsed = time.monotonic() - started
-        # b's change is committed and published while a's transaction is open
-        assert events_of(db, setup) == [(b, False, "credentials")]
-        assert elapsed < 0.5, f"toggle of b took {elapsed:.3f} s"
+        # b's changes are committed and published while a's transaction is open
+        assert events_of(db, setup) == [(b, value, "credentials") for value in (False, True, False)]
+        assert elapsed < 0.5, f"three toggles of b took {elapsed:.3f} s"
         open_on_a.commit()
-    assert [bar for bar, _, _ in events_of(db, setup)] == [b, a]
+    assert [bar for bar, _, _ in events_of(db, setup)] == [b, b, b, a]
 
 
 def test_set_constraints_immediate_publishes_per_statement_and_holds_the_order_lock(
