@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -62,6 +63,25 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
+@contextmanager
+def live_page(browser: Browser, url: str) -> Iterator[tuple[Page, list[str]]]:
+    """The page at ``url`` (a bar whose M-Pesa is off), once it shows the bar
+    and its stream is live; with the console messages it logs from the start.
+    ``window.__sameDocument`` is set, and survives only while the page is not
+    reloaded."""
+    page = browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    try:
+        page.goto(url)
+        expect(page.locator("#no-mpesa")).to_be_visible()
+        expect(page.locator("#live-text")).to_have_text("live")
+        page.evaluate("window.__sameDocument = true")
+        yield page, console
+    finally:
+        page.close()
+
+
 @pytest.mark.browser
 def test_page_shows_mpesa_appear_and_disappear_live(db: Database, browser: Browser) -> None:
     bar = db.add_bar("Mama Oliech")
@@ -69,15 +89,9 @@ def test_page_shows_mpesa_appear_and_disappear_live(db: Database, browser: Brows
     with RelayProcess(db.dsn, "--http", "127.0.0.1:0") as relay:
         url = relay.http_url()
         relay.wait_listening()
-        page = browser.new_page()
-        try:
-            page.goto(f"{url}/?bar_id={bar}")
+        with live_page(browser, f"{url}/?bar_id={bar}") as (page, _):
             mpesa, no_mpesa = page.locator("#mpesa"), page.locator("#no-mpesa")
-            expect(no_mpesa).to_be_visible()
             expect(mpesa).to_be_hidden()
-            expect(page.locator("#live-text")).to_have_text("live")
-            # Survives only while the page is not reloaded.
-            page.evaluate("window.__sameDocument = true")
 
             set_active(db, bar, True)
             expect(mpesa).to_be_visible()
@@ -89,8 +103,6 @@ def test_page_shows_mpesa_appear_and_disappear_live(db: Database, browser: Brows
             expect(no_mpesa).to_be_visible()
 
             assert page.evaluate("window.__sameDocument") is True
-        finally:
-            page.close()
         relay.stop()
 
 
@@ -104,12 +116,7 @@ def test_page_re_reads_its_bar_on_a_reset(db: Database, browser: Browser) -> Non
     with RelayProcess(db.dsn, "--http", "127.0.0.1:0") as relay:
         url = relay.http_url()
         relay.wait_listening()
-        page = browser.new_page()
-        try:
-            page.goto(f"{url}/?bar_id={bar}")
-            expect(page.locator("#no-mpesa")).to_be_visible()
-            expect(page.locator("#live-text")).to_have_text("live")
-            page.evaluate("window.__sameDocument = true")
+        with live_page(browser, f"{url}/?bar_id={bar}") as (page, _):
             migrations.rollback(db.dsn, count=None)
             set_active(db, bar, True)  # nothing installed: no event, the bar drifts
             migrations.migrate(db.dsn)  # the install fixes it: an event of the new log
@@ -118,8 +125,6 @@ def test_page_re_reads_its_bar_on_a_reset(db: Database, browser: Browser) -> Non
             expect(page.locator("#mpesa")).to_be_visible()
             expect(page.locator("#mpesa-shortcode")).to_have_text("600126")
             assert page.evaluate("window.__sameDocument") is True
-        finally:
-            page.close()
         relay.stop()
 
 
@@ -173,12 +178,6 @@ def site() -> Iterator[AppSite]:
         yield server
 
 
-def console_of(page: Page) -> list[str]:
-    messages: list[str] = []
-    page.on("console", lambda message: messages.append(message.text))
-    return messages
-
-
 @pytest.mark.browser
 def test_a_page_on_another_origin_streams_from_a_relay_that_allows_it(
     db: Database, browser: Browser, site: AppSite
@@ -190,20 +189,13 @@ def test_a_page_on_another_origin_streams_from_a_relay_that_allows_it(
         relay.wait_listening()
         assert site.origin.rsplit(":", 1)[1] != url.rsplit(":", 1)[1]  # two origins
         site.serve(url)
-        page = browser.new_page()
-        console = console_of(page)
-        try:
-            page.goto(f"{site.origin}/?bar_id={bar}")
-            expect(page.locator("#no-mpesa")).to_be_visible()
-            expect(page.locator("#live-text")).to_have_text("live")
+        with live_page(browser, f"{site.origin}/?bar_id={bar}") as (page, console):
             set_active(db, bar, True)
             expect(page.locator("#mpesa")).to_be_visible()
             expect(page.locator("#mpesa-shortcode")).to_have_text("600126")
             set_active(db, bar, False)
             expect(page.locator("#no-mpesa")).to_be_visible()
             assert page.evaluate("document.location.origin") == site.origin
-        finally:
-            page.close()
         assert not [m for m in console if "CORS" in m], console
         relay.stop()
 
