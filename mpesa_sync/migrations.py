@@ -99,7 +99,10 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
         conn.execute(query("hold_reconcile_lock"))
         try:
             last_alert = last_event = 0
-            if installed:
+            # read again under the lock: a migrate that held it may have
+            # installed (part of) the schema meanwhile, and its alerts and
+            # events are not ours to report
+            if db.schema_installed(conn):
                 last_alert = conn.execute(query("last_alert_id")).fetchone()[0]  # type: ignore[index]
                 last_event = conn.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
             report.applied = _apply(dsn)

@@ -1,8 +1,9 @@
 """Find every drifted bar, fix what can be fixed, report what cannot.
 
 Detection is one set-based pass over every bar (shared with verify). The fix is
-``mpesa_sync.fix_bars_v2``, which syncs through ``sync_bars_v2`` like every
-credential write: each batch goes to it in its own short transaction with a
+``mpesa_sync.fix_bars_v2`` (an UPDATE of the drifted bars from the rule's
+view; the correction trigger recomputes each under its row lock, as for every
+write to bars): each batch goes to it in its own short transaction with a
 lock timeout; it retries a refused batch bar by bar, records an alert for each
 bar that still refuses and returns that bar with the database's own error.
 Afterwards the whole table is checked again.

@@ -39,6 +39,15 @@ def parse_duration(text: str) -> timedelta:
     return age
 
 
+def format_duration(age: timedelta) -> str:
+    """The inverse of parse_duration: the largest whole unit, ``30d`` or ``90m``."""
+    seconds = int(age.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def check_age(age: timedelta) -> None:
     if not timedelta(0) < age <= MAX_AGE:
         raise ValueError(f"must be above 0 and at most {MAX_AGE.days}d")

@@ -16,9 +16,10 @@ import pytest
 from psycopg import errors, sql
 
 from tests.support.database import Database
+from tests.support.relay import newest_event_id
 from tests.support.waiting import wait_for
+from tests.support.writers import TOGGLE
 
-TOGGLE = "UPDATE mpesa_credentials SET is_active = NOT is_active WHERE tenant_id = %s"
 SET_ACTIVE = "UPDATE mpesa_credentials SET is_active = %s WHERE id = %s"
 
 # Someone waits for the event-order lock (publish_status_events_v2).
@@ -44,10 +45,6 @@ def events_of(db: Database, after: int = 0) -> list[tuple[Any, bool, str]]:
     ]
 
 
-def newest(db: Database) -> int:
-    return int(db.scalar("SELECT coalesce(max(event_id), 0) FROM mpesa_sync.status_events"))
-
-
 def pending(db: Database) -> int:
     return int(db.scalar("SELECT count(*) FROM mpesa_sync.pending_changes"))
 
@@ -66,7 +63,7 @@ def test_events_appear_only_at_commit_with_the_committed_value(db: Database) -> 
 def test_a_bar_switched_off_and_on_again_in_one_transaction_gets_no_event(db: Database) -> None:
     bar, cred = bar_with_credential(db, "a", active=True)
     other, other_cred = bar_with_credential(db, "b", active=True)
-    setup = newest(db)
+    setup = newest_event_id(db)
     with db.connect() as conn, conn.transaction():
         conn.execute(SET_ACTIVE, (False, cred))
         conn.execute(SET_ACTIVE, (True, cred))
@@ -139,7 +136,7 @@ def test_a_savepoint_rolled_back_after_the_first_change_keeps_that_change(db: Da
 def test_an_open_transaction_on_one_bar_does_not_delay_another(db: Database) -> None:
     a, _ = bar_with_credential(db, "a", active=True)
     b, _ = bar_with_credential(db, "b", active=True)
-    setup = newest(db)
+    setup = newest_event_id(db)
     with db.connect(autocommit=False) as open_on_a, db.connect() as on_b:
         open_on_a.execute(TOGGLE, (a,))  # changes a's status and stays open
         # b's session may wait at most 5 ms for any lock: a wait behind a's
@@ -196,7 +193,7 @@ def test_set_constraints_immediate_after_the_changes_publishes_them_there(db: Da
 
 
 def test_prepare_transaction_of_a_status_change_is_refused_and_changes_nothing(
-    db: Database, server: Any
+    db: Database,
 ) -> None:
     """A status change sends a NOTIFY, and PostgreSQL cannot PREPARE a
     transaction that has; the transaction is rolled back whole."""
@@ -219,7 +216,7 @@ def test_prepare_transaction_without_a_net_change_holds_no_order_lock(db: Databa
     two_rows = db.add_bar("two rows")
     keep = db.add_credentials(two_rows, "sandbox", active=True)
     drop = db.add_credentials(two_rows, "production", active=True)
-    setup = newest(db)
+    setup = newest_event_id(db)
     gid = f"mpesa_sync_{uuid.uuid4().hex[:8]}"
     with db.connect(autocommit=False) as conn:
         conn.execute(TOGGLE, (a,))

@@ -227,7 +227,7 @@ def test_adversarial_writers_never_show_drift(db: Database) -> None:
                 op = rng.choice(OPS)
                 try:
                     name = op(conn, rng, bars)
-                except (errors.UniqueViolation, errors.ForeignKeyViolation):
+                except workload.REFUSED_BY_HOST:
                     name = "refused_by_host"
                 except errors.DeadlockDetected:
                     name = "deadlock"

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from tests.support.database import MIGRATED_TEMPLATE, Database, fresh_database
+from tests.support.writers import TOGGLE
 
 # Bars with one credential each, loaded behind the triggers' back (replica
 # mode) and made consistent by hand: faster than syncing 50,000 bars.
@@ -32,7 +33,6 @@ LOAD = """
     RESET session_replication_role;
     ANALYZE bars, mpesa_credentials;
 """
-TOGGLE = "UPDATE mpesa_credentials SET is_active = NOT is_active WHERE tenant_id = %s"
 WARM_UP = 12  # generic plans are cached after five executions of a statement
 
 # A plan that scans one of these whole reads other bars' rows.

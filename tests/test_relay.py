@@ -19,10 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from mpesa_sync.errors import SubscriptionLagged
-from mpesa_sync.relay.app import create_app
 from mpesa_sync.relay.listener import APPLICATION_NAME, PAGE_SIZE, Relay, RelayConfig
 from mpesa_sync.relay.service import listen_socket
 from tests.support.cli import assert_one_line_error, run_module
@@ -34,6 +32,7 @@ from tests.support.relay import (
     new_events,
     newest_event_id,
     scrape,
+    serving,
     set_active,
     strip_at,
 )
@@ -385,32 +384,24 @@ def test_sse_heartbeat_and_clean_end_on_stop(db: Database) -> None:
         relay = Relay(db.dsn)
         await relay.start()
         relay_task = asyncio.create_task(relay.run())
-        sock = listen_socket("127.0.0.1", 0)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(relay, db.dsn, heartbeat_seconds=0.2), log_config=None, lifespan="on"
-            )
-        )
-        server_task = asyncio.create_task(server.serve(sockets=[sock]))
-        port = sock.getsockname()[1]
-        async with httpx.AsyncClient(timeout=10) as client:
-            while not server.started:
-                await asyncio.sleep(0.01)
-            async with client.stream("GET", f"http://127.0.0.1:{port}/events") as response:
-                lines = response.aiter_lines()
-                assert await anext(lines) == "retry: 1000"
-                comments = []
-                async for line in lines:
-                    if line.startswith(":"):
-                        comments.append(line)
-                        if len(comments) == 2:
-                            break
-                assert comments == [": keepalive", ": keepalive"]
-                relay.stop()  # ends the stream from the server side
-                rest = [line async for line in lines]
-                assert all(not line or line.startswith(":") for line in rest)
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(relay_task, server_task), 20)
+        async with (
+            serving(relay, db.dsn, heartbeat_seconds=0.2) as url,
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream("GET", f"{url}/events") as response,
+        ):
+            lines = response.aiter_lines()
+            assert await anext(lines) == "retry: 1000"
+            comments = []
+            async for line in lines:
+                if line.startswith(":"):
+                    comments.append(line)
+                    if len(comments) == 2:
+                        break
+            assert comments == [": keepalive", ": keepalive"]
+            relay.stop()  # ends the stream from the server side
+            rest = [line async for line in lines]
+            assert all(not line or line.startswith(":") for line in rest)
+        await asyncio.wait_for(relay_task, 20)
 
     asyncio.run(scenario())
 

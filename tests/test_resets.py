@@ -20,14 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from mpesa_sync import migrations, retention
 from mpesa_sync.relay import sse
-from mpesa_sync.relay.app import create_app
 from mpesa_sync.relay.events import Reset, StatusEvent
 from mpesa_sync.relay.listener import Relay
-from mpesa_sync.relay.service import listen_socket
 from tests.support.cli import assert_one_line_error, run_module
 from tests.support.database import Database
 from tests.support.relay import (
@@ -38,6 +35,7 @@ from tests.support.relay import (
     new_events,
     newest_event_id,
     scrape,
+    serving,
     set_active,
     strip_at,
 )
@@ -157,28 +155,20 @@ def test_a_prune_that_overtakes_a_replay_resets_it(
         relay = Relay(db.dsn)
         await relay.start()
         relay_task = asyncio.create_task(relay.run())
-        sock = listen_socket("127.0.0.1", 0)
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(relay, db.dsn), log_config=None, lifespan="on")
-        )
-        server_task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)  # polling interval, not synchronisation
         text = ""
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/events"
         headers = {"Last-Event-ID": f"{generation}:1"}
         async with (
+            serving(relay, db.dsn) as url,
             httpx.AsyncClient(timeout=10) as client,
-            client.stream("GET", url, headers=headers) as response,
+            client.stream("GET", f"{url}/events", headers=headers) as response,
         ):
             assert response.status_code == 200
             async for chunk in response.aiter_text():
                 text += chunk
                 if "event: reset" in text and text.endswith("\n\n"):
                     break
-        relay.stop()
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(relay_task, server_task), 20)
+            relay.stop()  # ends the streams, so that the server stops at once
+        await asyncio.wait_for(relay_task, 20)
         return text
 
     frames = [f for f in asyncio.run(scenario()).split("\n\n") if f and f != "retry: 1000"]

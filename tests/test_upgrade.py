@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from mpesa_sync import migrations
+from mpesa_sync.dev.older import FIRST_RELEASE as V1
 from mpesa_sync.dev.older import migrate_up_to
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
@@ -26,7 +27,6 @@ from tests.support.relay import RelayProcess, newest_event_id
 from tests.support.waiting import wait_for
 from tests.support.writers import TOGGLE, Writers
 
-V1 = "0003_mpesa_sync_settings_v1"
 V2 = "0004_mpesa_sync_v2"
 RETENTION = "0005_mpesa_sync_retention_v1"
 

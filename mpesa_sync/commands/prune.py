@@ -63,7 +63,7 @@ def prune(
     oldest = report.oldest_event_id
     click.echo(
         f"{verb} {report.events_deleted} event(s) and {report.alerts_deleted} acknowledged "
-        f"alert(s) older than {_age(older_than)}; "
+        f"alert(s) older than {retention.format_duration(older_than)}; "
         + (
             f"the oldest event {'would be' if dry_run else 'is now'} {oldest}"
             if oldest is not None
@@ -71,11 +71,3 @@ def prune(
         )
     )
     return EXIT_OK
-
-
-def _age(age: timedelta) -> str:
-    seconds = int(age.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

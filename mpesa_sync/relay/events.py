@@ -82,7 +82,10 @@ class LogState:
     def describe(self, position: Position, reason: str) -> str:
         """One line on why ``position`` is refused, for a person."""
         if reason == OTHER_LOG:
-            return f"{position} belongs to another event log (this is {self.generation})"
+            return (
+                f"{position} belongs to another event log, or its event was replaced "
+                f"(this log is {self.generation})"
+            )
         if reason == FUTURE:
             return f"{position} is past the newest event ({self.newest_event_id})"
         oldest = (

@@ -14,10 +14,10 @@ How it keeps it:
   from the last id it delivered. Anything committed before the LISTEN is in
   that read; anything committed after it is announced.
 * A notification is only a hint that there is something to read: the relay
-  reads the events themselves from the table (``event_id`` > last
-  delivered), so a lost, merged, repeated or forged notification can neither
-  skip nor repeat an event. A hint for an id already delivered is dropped
-  without a query.
+  reads the events themselves from the table (from the last delivered,
+  which it checks is still the event it handed on), so a lost, merged,
+  repeated or forged notification can neither skip nor repeat an event. A
+  hint for an id already delivered is dropped without a query.
 * With no notification for ``idle_timeout`` it runs the same read, which is
   also the liveness check of an idle connection (TCP keepalives back it up).
 * Every read comes with the log's state in the same snapshot, and with the
@@ -103,7 +103,7 @@ class RelayStats:
     events: int = 0  # events handed on
     resets: int = 0  # times the relay's own position could not be honoured
     dropped: int = 0  # subscribers dropped for falling more than the backlog behind
-    client_resets: int = 0  # SSE connections that began with a reset
+    client_resets: int = 0  # reset frames sent to SSE clients, at connect or in a replay
     refused: int = 0  # SSE connections refused at the client cap
 
 

@@ -44,7 +44,8 @@ class RelayMetrics:
         self._latency = Histogram(
             "mpesa_sync_relay_commit_to_send_seconds",
             "From an event's commit (its `at`, taken just before the commit, on the "
-            "database's clock) to the relay handing it to stdout and every SSE stream.",
+            "database's clock) to the relay reading it and handing it to its sinks "
+            "(stdout), before the SSE streams are written.",
             buckets=_BUCKETS,
             registry=self.registry,
         )

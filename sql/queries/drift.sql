@@ -1,8 +1,11 @@
 -- Drift: the queries of `mpesa-sync verify` and `mpesa-sync reconcile`.
 --
 -- Both find drift with one set-based pass (drift_scan), and reconcile fixes it
--- only through mpesa_sync.fix_bars_v2, which syncs through sync_bars_v2 like
--- every credential write: there is no second copy of the fix.
+-- only through mpesa_sync.fix_bars_v2: an UPDATE of the drifted bars from the
+-- rule's view, whose correction trigger recomputes each value under the row
+-- lock, as for every write to bars. (It keeps its own cached-plan copy of the
+-- UPDATE that sync_bars_v2 plans per call: for reconcile's batches the cached
+-- plan measured faster.)
 
 -- name: set_work_mem
 -- For drift_scan: with this much memory the active-credential set of a few

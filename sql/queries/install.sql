@@ -68,8 +68,8 @@ SELECT to_regnamespace('mpesa_sync') IS NOT NULL AS schema,
 
 -- name: applied_migrations
 -- What yoyo recorded as applied, from its own table (found on the
--- search_path, as yoyo finds it); only asked once rollback_target or
--- yoyo_history_present has seen the table.
+-- search_path, as yoyo finds it); only asked once rollback_target has seen
+-- the table.
 SELECT m.migration_id
 FROM _yoyo_migration AS m
 ORDER BY m.applied_at_utc, m.migration_id;

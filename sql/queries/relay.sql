@@ -12,9 +12,9 @@
 LISTEN mpesa_status;
 
 -- name: newest_event_id
--- Where a reconcile batch, and a migrate, start counting their own events.
--- 0 on an empty table. (A relay starts from relay_log_state, which also
--- knows where a pruned log stands.)
+-- Where a migrate starts counting the events its install fix made. 0 on an
+-- empty table. (A relay starts from relay_log_state, which also knows where
+-- a pruned log stands.)
 SELECT coalesce(max(e.event_id), 0) FROM mpesa_sync.status_events AS e;
 
 -- name: relay_log_state

@@ -18,13 +18,41 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import uvicorn
 
+from mpesa_sync.relay.app import create_app
+from mpesa_sync.relay.listener import Relay
+from mpesa_sync.relay.service import listen_socket
 from tests.support.database import Database
 
 EVENT_FIELDS = {"event_id", "bar_id", "mpesa_enabled", "source", "at"}
+
+
+@asynccontextmanager
+async def serving(relay: Relay, dsn: str, **app_options: Any) -> AsyncIterator[str]:
+    """The relay's HTTP app under uvicorn on a free port, in this event loop;
+    yields its base URL once the server has started, and stops it on exit."""
+    sock = listen_socket("127.0.0.1", 0)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(relay, dsn, **app_options), log_config=None, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def started() -> None:
+        while not server.started:  # uvicorn sets a flag and offers nothing to await
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(started(), 20)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
 
 
 class RelayProcess:
