@@ -160,15 +160,15 @@ def run(bench: Bench) -> list[Result]:
             if rows == flip_rows:
                 # fresh databases with the same history, flipped in turns, so
                 # that neither side pays for the other's WAL or checkpoints
-                with bench.database() as today, bench.database() as release:
-                    prepare(today, rows, install=True, release=FIRST_RELEASE)
-                    prepare(release, rows, install=True)
-                    samples = flip_samples(release, today)
+                with bench.database() as v1, bench.database() as current:
+                    prepare(v1, rows, install=True, release=FIRST_RELEASE)
+                    prepare(current, rows, install=True)
+                    samples = flip_samples(current, v1)
                     results.append(
                         Result(
                             name=f"bulk flip, {rows:,} rows, against the released core",
-                            ours=samples[release],
-                            bare=samples[today],
+                            ours=samples[current],
+                            bare=samples[v1],
                             target=1.0,
                             note=f"this release against migrations up to {FIRST_RELEASE} "
                             "(the v1 core DBAs run today), same data, fresh databases "
