@@ -319,6 +319,9 @@ def test_a_running_relay_across_the_restore_of_an_older_dump_resets(
             flip(db, bar, 5)
 
             (reset,) = relay.events(1)
+            # the dump keeps the generation: a relay that reads before the flips
+            # finds its position past the newest (future), one that reads after
+            # them finds another event at it (other_log)
             assert reset["reset"] is True and reset["reason"] in ("other_log", "future")
             assert reset["generation"] == log_state(db)["generation"]
             assert 2 <= reset["newest_event_id"] <= 8  # wherever the relay noticed
