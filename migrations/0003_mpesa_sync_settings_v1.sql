@@ -55,12 +55,16 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_credential_id uuid;
     v_status mpesa_sync.bar_status_v1;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF p_bar_id IS NULL THEN
         RAISE EXCEPTION 'invalid bar_id: required'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'bar_id';
@@ -123,6 +127,7 @@ BEGIN
         WHERE s.bar_id = p_bar_id;
     END IF;
 
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN jsonb_build_object(
         'success', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,
         'credentials_saved', true,

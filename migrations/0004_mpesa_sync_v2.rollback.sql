@@ -103,11 +103,15 @@ RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_bar_ids uuid[];
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF TG_OP = 'INSERT' THEN
         v_bar_ids := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows AS n);
     ELSIF TG_OP = 'DELETE' THEN
@@ -133,13 +137,14 @@ BEGIN
     END IF;
 
     PERFORM mpesa_sync.sync_bars_v1(v_bar_ids);
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN NULL;
 END
 $$;
 
 -- AFTER UPDATE ... FOR EACH STATEMENT on bars: one event and one notification
 -- per real change, whoever made it. The source comes from the function that
--- made the change (its SET clause), else it was a corrected direct write.
+-- made the change (it sets it while it runs), else it was a corrected direct write.
 -- Transition tables carry no statistics, so the planner guesses them tiny and
 -- would join old_rows to new_rows with a nested loop: quadratic, hours for a
 -- 100k-row UPDATE of bars. enable_nestloop = off makes it a hash join.
@@ -205,11 +210,15 @@ RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint te
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'reconcile'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_bar_id uuid;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'reconcile', true);
     BEGIN
         -- The value written here may come from an older snapshot than the row
         -- it lands on; correct_bar_v1 recomputes it under the row lock.
@@ -219,6 +228,7 @@ BEGIN
         WHERE s.bar_id = b.id
           AND s.bar_id = ANY (p_bar_ids)
           AND s.mpesa_enabled IS DISTINCT FROM s.expected;
+        PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- some bar refused: retry bar by bar below
@@ -253,6 +263,7 @@ BEGIN
             RETURN NEXT;
         END;
     END LOOP;
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
 END
 $$;
 
@@ -323,12 +334,16 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_credential_id uuid;
     v_status mpesa_sync.bar_status_v1;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF p_bar_id IS NULL THEN
         RAISE EXCEPTION 'invalid bar_id: required'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'bar_id';
@@ -391,6 +406,7 @@ BEGIN
         WHERE s.bar_id = p_bar_id;
     END IF;
 
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN jsonb_build_object(
         'success', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,
         'credentials_saved', true,

@@ -208,12 +208,16 @@ RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_bar_ids uuid[];
     v_added_to uuid[] := '{}';
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF TG_OP = 'INSERT' THEN
         v_bar_ids := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows AS n);
         v_added_to := v_bar_ids;
@@ -243,6 +247,7 @@ BEGIN
     END IF;
 
     PERFORM mpesa_sync.sync_bars_v2(v_bar_ids, v_added_to);
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN NULL;
 END
 $$;
@@ -251,7 +256,7 @@ $$;
 -- mpesa_enabled, whoever made it, recorded in pending_changes for
 -- publish_status_events_v2 at commit. It replaces v1's emit_status_events_v1,
 -- which numbered and announced each change here, under a lock held to commit.
--- The source comes from the function that made the change (its SET clause),
+-- The source comes from the function that made the change (set while it runs),
 -- else it was a corrected direct write. The value each bar had before the
 -- transaction first changed it is kept; the value it has now is updated.
 -- Transition tables carry no statistics: enable_nestloop = off keeps a
@@ -402,11 +407,15 @@ RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint te
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'reconcile'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_bar_id uuid;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'reconcile', true);
     BEGIN
         -- A cached plan, as in v1: reconcile's batches are alike, and a plan
         -- made for each (as sync_bars_v2 plans many bars) measured slower.
@@ -416,6 +425,7 @@ BEGIN
         WHERE s.bar_id = b.id
           AND s.bar_id = ANY (p_bar_ids)
           AND s.mpesa_enabled IS DISTINCT FROM s.expected;
+        PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- some bar refused: retry bar by bar below
@@ -450,6 +460,7 @@ BEGIN
             RETURN NEXT;
         END;
     END LOOP;
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
 END
 $$;
 
@@ -468,12 +479,16 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_credential_id uuid;
     v_status mpesa_sync.bar_status_v1;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF p_bar_id IS NULL THEN
         RAISE EXCEPTION 'invalid bar_id: required'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'bar_id';
@@ -538,6 +553,7 @@ BEGIN
         WHERE s.bar_id = p_bar_id;
     END IF;
 
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN jsonb_build_object(
         'success', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,
         'credentials_saved', true,

@@ -301,12 +301,16 @@ RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_bar_ids uuid[];
     v_added_to uuid[] := '{}';
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF TG_OP = 'INSERT' THEN
         v_bar_ids := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows AS n);
         v_added_to := v_bar_ids;
@@ -336,6 +340,7 @@ BEGIN
     END IF;
 
     PERFORM mpesa_sync.sync_bars_v2(v_bar_ids, v_added_to);
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN NULL;
 END
 $$;
@@ -366,7 +371,7 @@ $$;
 -- mpesa_enabled, whoever made it, recorded in pending_changes for
 -- publish_status_events_v2 at commit. It replaces v1's emit_status_events_v1,
 -- which numbered and announced each change here, under a lock held to commit.
--- The source comes from the function that made the change (its SET clause),
+-- The source comes from the function that made the change (set while it runs),
 -- else it was a corrected direct write. The value each bar had before the
 -- transaction first changed it is kept; the value it has now is updated.
 -- Transition tables carry no statistics: enable_nestloop = off keeps a
@@ -517,11 +522,15 @@ RETURNS TABLE (bar_id uuid, error text, error_sqlstate text, error_constraint te
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'reconcile'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_bar_id uuid;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'reconcile', true);
     BEGIN
         -- A cached plan, as in v1: reconcile's batches are alike, and a plan
         -- made for each (as sync_bars_v2 plans many bars) measured slower.
@@ -531,6 +540,7 @@ BEGIN
         WHERE s.bar_id = b.id
           AND s.bar_id = ANY (p_bar_ids)
           AND s.mpesa_enabled IS DISTINCT FROM s.expected;
+        PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         NULL;  -- some bar refused: retry bar by bar below
@@ -565,6 +575,7 @@ BEGIN
             RETURN NEXT;
         END;
     END LOOP;
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
 END
 $$;
 
@@ -636,21 +647,19 @@ LEFT JOIN LATERAL (
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA mpesa_sync FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA mpesa_sync FROM PUBLIC;
 
--- Customer-facing roles: Supabase's anon and authenticated where they exist,
--- else PUBLIC.
+-- Customer-facing roles (migration 0006): on Supabase, anon and authenticated
+-- read nothing of ours (a host may grant payment_options to them with
+-- sql/optional/customer_payment_options.sql); service_role, the staff app's
+-- server-side role, reads payment_options. On plain PostgreSQL, without those
+-- roles, PUBLIC reads payment_options.
 DO $$
-DECLARE
-    v_role text;
-    v_granted boolean := false;
 BEGIN
-    FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
-            EXECUTE format('GRANT USAGE ON SCHEMA mpesa_sync TO %I', v_role);
-            EXECUTE format('GRANT SELECT ON mpesa_sync.payment_options TO %I', v_role);
-            v_granted := true;
-        END IF;
-    END LOOP;
-    IF NOT v_granted THEN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT ON mpesa_sync.payment_options TO service_role;
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_roles WHERE rolname IN ('anon', 'authenticated')
+    ) THEN
         GRANT USAGE ON SCHEMA mpesa_sync TO PUBLIC;
         GRANT SELECT ON mpesa_sync.payment_options TO PUBLIC;
     END IF;
@@ -674,12 +683,16 @@ RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET mpesa_sync.source = 'credentials'
 AS $$
 DECLARE
+    -- The label of the events this function causes, read by the triggers
+    -- it fires. Set here with set_config() and restored on the way out
+    -- (a function's SET clause of a custom setting needs a superuser).
+    v_source_before text := current_setting('mpesa_sync.source', true);
     v_credential_id uuid;
     v_status mpesa_sync.bar_status_v1;
 BEGIN
+    PERFORM set_config('mpesa_sync.source', 'credentials', true);
     IF p_bar_id IS NULL THEN
         RAISE EXCEPTION 'invalid bar_id: required'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'bar_id';
@@ -744,6 +757,7 @@ BEGIN
         WHERE s.bar_id = p_bar_id;
     END IF;
 
+    PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN jsonb_build_object(
         'success', v_status.mpesa_enabled IS NOT DISTINCT FROM v_status.expected,
         'credentials_saved', true,
