@@ -37,8 +37,12 @@ from mpesa_sync.errors import (
 from mpesa_sync.queries import query
 
 # Keepalives notice a dead peer within about a minute even on an idle
-# connection, which matters for the long-lived LISTEN connection.
+# connection, which matters for the long-lived LISTEN connection. No
+# server-side prepared statements: through a transaction-mode pooler the next
+# execution may land on a server connection that never saw the PREPARE (or
+# one where another client's statement has the same name).
 _CONNECT_DEFAULTS: dict[str, Any] = {
+    "prepare_threshold": None,
     "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 30,

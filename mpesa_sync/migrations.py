@@ -20,8 +20,9 @@ from mpesa_sync.errors import (
     first_line,
     with_sqlstate,
 )
+from mpesa_sync.pooler import require_session
 from mpesa_sync.queries import query
-from mpesa_sync.resources import resource_dir
+from mpesa_sync.resources import FIRST_MIGRATION, migration_ids, resource_dir
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,18 @@ class MigrateReport:
         return {"applied": self.applied, "fixed": self.fixed, "refused": self.refused}
 
 
-def yoyo_url(dsn: str) -> str:
-    """A ``postgresql+psycopg://`` URL for yoyo from any libpq DSN or URL."""
+# yoyo's tables for this install: their own schema, which no API role can
+# reach (sql/queries/history.sql).
+HISTORY_SCHEMA = "mpesa_sync_yoyo"
+
+
+def yoyo_url(dsn: str, *, history_schema: str | None = HISTORY_SCHEMA) -> str:
+    """A ``postgresql+psycopg://`` URL for yoyo from any libpq DSN or URL.
+
+    It names the schema that holds yoyo's tables (yoyo sets its search_path
+    to it); ``history_schema=None`` leaves them in ``public``, where releases
+    before 0006 kept them.
+    """
     try:
         info = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
@@ -70,6 +81,8 @@ def yoyo_url(dsn: str) -> str:
             info["host"] = host
         if port:
             info["port"] = port
+    if history_schema:
+        info["schema"] = history_schema
     query_string = urlencode({k: str(v) for k, v in info.items()})
     return f"postgresql+psycopg://{netloc}/{quote(str(dbname), safe='')}" + (
         f"?{query_string}" if query_string else ""
@@ -82,9 +95,16 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
     Refuses a database without ``public.bars`` unless ``create_tables``: the
     first migration would create the host tables, which is right for a new
     database and wrong for a DSN that points at the wrong one. Refuses a host
-    whose tables lack a column mpesa-sync reads or writes (``host_columns``).
+    whose tables lack a column mpesa-sync reads or writes (``host_columns``),
+    and a transaction-mode pooler (:mod:`mpesa_sync.pooler`), before it
+    changes anything.
+
+    Its locks are transaction locks, held by one open transaction for the
+    whole run: a run that dies, or a pooler that drops the connection, leaves
+    none behind.
     """
     report = MigrateReport()
+    require_session(dsn, "mpesa-sync migrate")
     with db.connection(dsn, autocommit=True) as conn:
         present = conn.execute(query("host_tables_present")).fetchone()
         assert present is not None
@@ -93,19 +113,23 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
                 f"{db.describe(dsn)} has no table public.bars; "
                 "pass --create-tables to create the host tables in a new database"
             )
-        installed = db.schema_installed(conn)
-        check_host_columns(conn, installed=installed)
-        conn.execute(query("take_migrate_lock"))
-        conn.execute(query("hold_reconcile_lock"))
-        try:
+        check_host_columns(conn, installed=db.schema_installed(conn))
+        with conn.transaction():
+            _take_install_locks(conn)
+            # read under the lock: a migrate that held it may have installed
+            # (part of) the schema meanwhile, and its alerts and events are
+            # not ours to report
             last_alert = last_event = 0
-            # read again under the lock: a migrate that held it may have
-            # installed (part of) the schema meanwhile, and its alerts and
-            # events are not ours to report
             if db.schema_installed(conn):
                 last_alert = conn.execute(query("last_alert_id")).fetchone()[0]  # type: ignore[index]
                 last_event = conn.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
+            with db.connection(dsn, autocommit=True) as work:
+                work.execute(query("create_history_schema"))
+                leftover = _move_history_and_clear_leftover(work, dsn)
             report.applied = _apply(dsn)
+            if leftover:
+                with db.connection(dsn) as work:
+                    work.execute(query("restore_host_objects"), {"objects": leftover})
             if report.applied:
                 rows = conn.execute(query("alerts_since"), {"after": last_alert}).fetchall()
                 report.refused = [
@@ -115,9 +139,6 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
                 ]
                 fixed = conn.execute(query("reconcile_events_after"), {"after": last_event})
                 report.fixed = int(fixed.fetchone()[0])  # type: ignore[index]
-        finally:
-            conn.execute(query("release_reconcile_lock"))
-            conn.execute(query("release_migrate_lock"))
     if report.fixed:
         logger.info(
             "the install fixed %d drifted bar(s)", report.fixed, extra={"action": "install_fixed"}
@@ -130,6 +151,78 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
             extra={"action": "install_fix_refused"},
         )
     return report
+
+
+def _take_install_locks(conn: psycopg.Connection[Any]) -> None:
+    """The migrate lock (a second migrate waits its turn) and the reconcile
+    lock (the 'reconcile' events written meanwhile are the install's own
+    fixes), both to the end of the caller's transaction."""
+    if not conn.execute(query("try_migrate_lock")).fetchone()[0]:  # type: ignore[index]
+        for pid, state, application in conn.execute(query("migrate_lock_holders")):
+            logger.warning(
+                "waiting for the migrate lock, held by backend %s (%s, %s)%s",
+                pid,
+                application or "no application name",
+                state,
+                (
+                    ": a session outside any transaction holds it, as a release before "
+                    "0006 could leave it on a pooled connection; if no migrate is "
+                    f"running, end it with SELECT pg_terminate_backend({pid})"
+                    if state == "idle"
+                    else ""
+                ),
+                extra={"action": "migrate_lock_wait"},
+            )
+        conn.execute(query("take_migrate_lock"))
+    conn.execute(query("take_reconcile_lock"))
+
+
+def _move_history_and_clear_leftover(conn: psycopg.Connection[Any], dsn: str) -> list[str]:
+    """Bring yoyo's record of our migrations to :data:`HISTORY_SCHEMA`, and
+    remove what a half-finished install left (schema mpesa_sync with no
+    record of it). Returns the host objects that leftover had recorded
+    creating, for the new install to record again. Runs under the install
+    locks, before yoyo applies anything."""
+    with _backend(dsn) as backend:
+        backend.ensure_internal_schema_updated()  # yoyo's tables, in HISTORY_SCHEMA
+    with conn.transaction():
+        state = conn.execute(query("history_state")).fetchone()
+        assert state is not None
+        has_schema, _, public_history, public_log, public_lock = state
+        if public_history:
+            ours = migration_ids()
+            moved = conn.execute(query("move_history_from_public"), {"ours": ours}).rowcount
+            if public_log:
+                conn.execute(query("move_log_from_public"), {"ours": ours})
+            if public_log and public_lock:
+                left = conn.execute(query("public_history_rows")).fetchone()[0]  # type: ignore[index]
+                if left == 0:
+                    conn.execute(query("drop_public_history"))
+            if moved:
+                logger.info(
+                    "moved yoyo's record of %d migration(s) from public to %s",
+                    moved,
+                    HISTORY_SCHEMA,
+                    extra={"action": "history_moved"},
+                )
+        applied = {row[0] for row in conn.execute(query("applied_migrations"))}
+        if not has_schema or FIRST_MIGRATION in applied:
+            return []
+        holds_data, host_objects = conn.execute(query("leftover_install")).fetchone()  # type: ignore[misc]
+        if holds_data:
+            raise MigrationError(
+                "schema mpesa_sync is here but yoyo has no record of installing it, and it "
+                "holds events or alerts, so migrate will not remove it: it was made by hand "
+                "(sql/schema.sql?) or by an interrupted install; save what you need from it, "
+                "then DROP SCHEMA mpesa_sync CASCADE and migrate again; nothing was changed"
+            )
+        conn.execute(query("drop_leftover_schema"))
+        logger.warning(
+            "removed what an interrupted install left (schema mpesa_sync with no yoyo "
+            "record of it, no events and no alerts); installing afresh",
+            extra={"action": "leftover_removed"},
+        )
+        return list(host_objects)
 
 
 def check_host_columns(conn: psycopg.Connection[Any], *, installed: bool) -> None:
@@ -159,22 +252,36 @@ def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
     Raises SchemaNotInstalled, having changed nothing, on a database that
     holds no install (no schema mpesa_sync, or no yoyo history of it): yoyo
     would create its tables there, and it is more likely a wrong DSN.
+    Refuses a transaction-mode pooler, as :func:`migrate` does.
     """
+    require_session(dsn, "mpesa-sync rollback")
     with db.connection(dsn, autocommit=True) as conn:
-        schema, history = conn.execute(query("rollback_target")).fetchone()  # type: ignore[misc]
-    if not (schema and history):
-        raise SchemaNotInstalled(
-            f"{db.describe(dsn)} holds no mpesa-sync install to roll back "
-            f"({'no yoyo history of it' if schema else 'no schema mpesa_sync'}); "
-            "is this the right database?"
-        )
-    migrations = read_migrations(str(resource_dir("migrations")))
-    with db.translated(dsn), _backend(dsn) as backend, _locked(backend):
-        to_rollback = backend.to_rollback(migrations)
-        if count is not None:
-            to_rollback = to_rollback[:count]
-        _run(backend.rollback_migrations, to_rollback)
-        return [m.id for m in to_rollback]
+        schema, history, public_history, *_ = conn.execute(query("history_state")).fetchone()  # type: ignore[misc]
+        recorded = bool(history and conn.execute(query("applied_migrations")).fetchone())
+        if public_history and not recorded:
+            recorded = bool(
+                conn.execute(
+                    query("applied_migrations_in_public"), {"ours": migration_ids()}
+                ).fetchone()
+            )
+        if not (schema and recorded):
+            raise SchemaNotInstalled(
+                f"{db.describe(dsn)} holds no mpesa-sync install to roll back "
+                f"({'no yoyo history of it' if schema else 'no schema mpesa_sync'}); "
+                "is this the right database?"
+            )
+        with conn.transaction():
+            _take_install_locks(conn)
+            with db.connection(dsn, autocommit=True) as work:
+                work.execute(query("create_history_schema"))
+                _move_history_and_clear_leftover(work, dsn)
+            migrations = read_migrations(str(resource_dir("migrations")))
+            with db.translated(dsn), _backend(dsn) as backend, _locked(backend):
+                to_rollback = backend.to_rollback(migrations)
+                if count is not None:
+                    to_rollback = to_rollback[:count]
+                _run(backend.rollback_migrations, to_rollback)
+                return [m.id for m in to_rollback]
 
 
 def _apply(dsn: str) -> list[str]:

@@ -24,3 +24,7 @@ def migration_ids() -> list[str]:
     without the extension)."""
     folder = resource_dir("migrations")
     return sorted(p.stem for p in folder.glob("*.sql") if not p.stem.endswith(".rollback"))
+
+
+# The migration that creates schema mpesa_sync.
+FIRST_MIGRATION = "0001_mpesa_sync_base"

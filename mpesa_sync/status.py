@@ -15,7 +15,7 @@ import psycopg
 
 from mpesa_sync import __version__, db
 from mpesa_sync.queries import query
-from mpesa_sync.resources import migration_ids
+from mpesa_sync.resources import FIRST_MIGRATION, migration_ids
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,12 @@ class StatusReport:
     host_columns: list[HostColumn]
     event_log: EventLogStatus | None = None
     open_alerts: int | None = None
+    # yoyo's record of the install is still in public, where a release before
+    # 0006 left it (and the API roles may reach it); migrate moves it
+    history_in_public: bool = False
+    # schema mpesa_sync with no yoyo record of installing it: an interrupted
+    # install (migrate removes it when it holds no events or alerts)
+    half_installed: bool = False
     version: str = field(default=__version__)
 
     @property
@@ -75,6 +81,8 @@ class StatusReport:
             "event_log": self.event_log.as_dict() if self.event_log else None,
             "open_alerts": self.open_alerts,
             "host_columns": [asdict(c) for c in self.host_columns],
+            "history_in_public": self.history_in_public,
+            "half_installed": self.half_installed,
         }
 
 
@@ -88,14 +96,25 @@ def status(dsn: str) -> StatusReport:
             HostColumn(table, column, data_type, bool(ok))
             for table, column, data_type, _, _, ok in conn.execute(query("host_columns"))
         ]
-        _, history = conn.execute(query("rollback_target")).fetchone()  # type: ignore[misc]
+        schema, history, public_history, *_ = conn.execute(query("history_state")).fetchone()  # type: ignore[misc]
         applied = [row[0] for row in conn.execute(query("applied_migrations"))] if history else []
+        in_public = []
+        if public_history:
+            in_public = [
+                row[0]
+                for row in conn.execute(
+                    query("applied_migrations_in_public"), {"ours": migration_ids()}
+                )
+            ]
         core, event_log = conn.execute(query("schema_installed")).fetchone()  # type: ignore[misc]
+        applied = applied or in_public
         report = StatusReport(
             installed=bool(core),
             applied=applied,
             pending=[m for m in migration_ids() if m not in applied],
             host_columns=columns,
+            history_in_public=bool(in_public),
+            half_installed=bool(schema) and FIRST_MIGRATION not in applied,
         )
         if core:
             report.open_alerts = int(conn.execute(query("open_alerts")).fetchone()[0])  # type: ignore[index]

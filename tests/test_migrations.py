@@ -89,8 +89,11 @@ def test_yoyo_cli_applies_and_rolls_back(host_db: Database) -> None:
     yoyo = str(Path(sys.executable).with_name("yoyo"))
     url = migrations.yoyo_url(host_db.dsn)
     assert url.startswith("postgresql+psycopg://")
+    assert url.endswith("schema=mpesa_sync_yoyo")  # yoyo's tables out of public
     before = describe(host_db.dsn)
     folder = str(resource_dir("migrations"))
+    # docs/install.md: the DBA creates the schema yoyo keeps its tables in
+    host_db.execute("CREATE SCHEMA IF NOT EXISTS mpesa_sync_yoyo")
     subprocess.run(
         [yoyo, "apply", "-b", "--no-config-file", "-d", url, folder],
         check=True,
@@ -98,6 +101,7 @@ def test_yoyo_cli_applies_and_rolls_back(host_db: Database) -> None:
         timeout=120,
     )
     assert host_db.scalar("SELECT to_regprocedure('mpesa_sync.fix_bars_v2(uuid[])') IS NOT NULL")
+    assert host_db.scalar("SELECT to_regclass('public._yoyo_migration')") is None
     subprocess.run(
         [yoyo, "rollback", "-b", "--all", "--no-config-file", "-d", url, folder],
         check=True,

@@ -22,13 +22,15 @@ from mpesa_sync.dev.older import FIRST_RELEASE as V1
 from mpesa_sync.dev.older import migrate_up_to
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
-from tests.support.database import Database
+from tests.support.database import HOST_TEMPLATE, Database, fresh_database
 from tests.support.relay import RelayProcess, newest_event_id
+from tests.support.servers import Server
 from tests.support.waiting import wait_for
 from tests.support.writers import TOGGLE, Writers
 
 V2 = "0004_mpesa_sync_v2"
 RETENTION = "0005_mpesa_sync_retention_v1"
+MANAGED_HOST = "0006_mpesa_sync_managed_host_v1"
 
 
 class Listener:
@@ -82,12 +84,18 @@ def relayed_ids(relay: RelayProcess, upto: int) -> list[int]:
     return ids
 
 
-def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Database) -> None:
+def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
+    server: Server, host_db: Database
+) -> None:
     assert migrate_up_to(host_db.dsn, V1)[-1] == V1
     bars = [host_db.add_bar(f"bar {i}") for i in range(12)]
     for i, bar in enumerate(bars):
         host_db.add_credentials(bar, active=i % 2 == 0)
-    at_v1 = describe(host_db.dsn)
+    # what a rollback returns to: 0003 as this release installs it (its
+    # functions set their parameter in the body, not with a SET clause)
+    with fresh_database(server, HOST_TEMPLATE) as at_v1_now:
+        migrate_up_to(at_v1_now.dsn, V1, released=False)
+        at_v1 = describe(at_v1_now.dsn)
     start = newest_event_id(host_db)
     assert start > 0  # the v1 core wrote events already
     # this release reads a 0003 database, and will not fix one with the old core
@@ -112,7 +120,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Databa
                 relay.stop()
         assert writers.errors == []
         listener.wait_for(newest)
-    assert report.applied == [V2, RETENTION]
+    assert report.applied == [V2, RETENTION, MANAGED_HOST]
     table_ids = [
         row["event_id"]
         for row in host_db.query(
@@ -127,7 +135,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Databa
     assert host_db.scalar("SELECT count(*) FROM mpesa_sync.pending_changes") == 0
 
     # back to 0003: its schema exactly, and its behaviour
-    assert migrations.rollback(host_db.dsn, count=2) == [RETENTION, V2]
+    assert migrations.rollback(host_db.dsn, count=3) == [MANAGED_HOST, RETENTION, V2]
     assert describe(host_db.dsn) == at_v1
     before = newest_event_id(host_db)
     with host_db.connect(autocommit=False) as conn:
@@ -139,7 +147,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(host_db: Databa
     assert host_db.drift() == []
 
     # and forward again
-    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION]
+    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION, MANAGED_HOST]
     with host_db.connect() as conn:
         conn.execute(TOGGLE, (bars[1],))
     assert host_db.drift() == []

@@ -72,9 +72,12 @@ def test_yoyo_applies_the_packaged_migrations_then_verify_and_status_pass(
 
     yoyo = Path(sys.executable).with_name("yoyo")
     url = migrations.yoyo_url(host_db.dsn)
+    host_db.execute("CREATE SCHEMA mpesa_sync_yoyo")  # as docs/install.md says
     applied = run(yoyo, "apply", "-b", "--no-config-file", "-d", url, packaged, cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
-    recorded = host_db.query("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")
+    recorded = host_db.query(
+        "SELECT migration_id FROM mpesa_sync_yoyo._yoyo_migration ORDER BY migration_id"
+    )
     assert [r["migration_id"] for r in recorded] == migration_ids()
 
     bar = host_db.add_bar("after yoyo")

@@ -9,6 +9,7 @@ from uuid import UUID
 import click
 
 from mpesa_sync.commands import EXIT_OK, dsn_option
+from mpesa_sync.pooler import require_session
 from mpesa_sync.relay import service as relay_service
 from mpesa_sync.relay.events import Position
 
@@ -126,6 +127,7 @@ def relay(
     """
     if not http_address and (allow_origins or max_clients):
         raise click.UsageError("--allow-origin and --max-clients need --http")
+    require_session(dsn, "mpesa-sync relay")
     with asyncio.Runner(loop_factory=relay_service.loop_factory()) as runner:
         runner.run(
             relay_service.serve(

@@ -17,8 +17,8 @@ def status(dsn: str, output_format: str) -> int:
     """Report the install: migrations, event log, open alerts, host columns.
 
     Exit 0 when installed and current with no open alert, 1 when a migration
-    is pending or an alert is open, 2 when not installed, when a host column
-    is missing, or on error.
+    is pending or an alert is open, 2 when not installed (or half-installed),
+    when a host column is missing, or on error.
     """
     report = status_api.status(dsn)
     if output_format == "json":
@@ -38,9 +38,22 @@ def _print_status(report: status_api.StatusReport) -> None:
         if report.current
         else "pending migrations"
         if report.installed
+        else "HALF-INSTALLED"
+        if report.half_installed
         else "NOT INSTALLED"
     )
     click.echo(f"mpesa-sync {report.version}: {state}")
+    if report.half_installed:
+        click.echo(
+            "schema mpesa_sync is here but yoyo has no record of installing it: an install "
+            "was interrupted (through a transaction pooler?); `mpesa-sync migrate` on a "
+            "direct address removes the leftover and installs afresh"
+        )
+    if report.history_in_public:
+        click.echo(
+            "yoyo's record of the install is in public, where the API roles may reach it; "
+            "`mpesa-sync migrate` moves it to schema mpesa_sync_yoyo"
+        )
     click.echo(
         f"migrations: {len(report.applied)} applied, {len(report.pending)} pending"
         + (f" ({', '.join(report.pending)})" if report.pending else "")

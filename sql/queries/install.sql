@@ -59,21 +59,6 @@ LEFT JOIN pg_catalog.pg_attribute AS a
    AND NOT a.attisdropped
 ORDER BY r.n;
 
--- name: rollback_target
--- What `rollback` needs before it lets yoyo in (yoyo creates its tables on
--- any database it touches): our schema, and yoyo's record of applying it.
--- `status` reads the second too, before it asks for applied_migrations.
-SELECT to_regnamespace('mpesa_sync') IS NOT NULL AS schema,
-       to_regclass('_yoyo_migration') IS NOT NULL AS history;
-
--- name: applied_migrations
--- What yoyo recorded as applied, from its own table (found on the
--- search_path, as yoyo finds it); only asked once rollback_target has seen
--- the table.
-SELECT m.migration_id
-FROM _yoyo_migration AS m
-ORDER BY m.applied_at_utc, m.migration_id;
-
 -- name: event_log_status
 -- The event log for `status`: mpesa_sync.event_log_v1 and a count of the
 -- events kept (a scan of the table).

@@ -6,12 +6,16 @@ and that a full rollback leaves the host exactly as it was.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
 
-# yoyo's bookkeeping stays behind after a rollback, as in any yoyo project.
-YOYO_TABLES = ("_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock")
+from mpesa_sync.migrations import HISTORY_SCHEMA
+
+# yoyo's bookkeeping stays behind after a rollback, as in any yoyo project:
+# its tables, and the schema mpesa-sync keeps them in.
+YOYO_TABLES = ("_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock", HISTORY_SCHEMA)
 
 _USER_NAMESPACES = """
     SELECT oid FROM pg_namespace
@@ -19,13 +23,20 @@ _USER_NAMESPACES = """
       AND nspname NOT LIKE 'pg_temp%%' AND nspname NOT LIKE 'pg_toast_temp%%'
 """
 
+
+def acl(column: str) -> str:
+    """An ACL as sorted text: the order of its entries follows the order of
+    the grants, which tells nothing about what they allow."""
+    return f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest({column}) AS a)::text"
+
+
 _QUERIES = {
     "schemas": f"""
-        SELECT nspname, nspacl::text, obj_description(oid, 'pg_namespace')
+        SELECT nspname, {acl("nspacl")}, obj_description(oid, 'pg_namespace')
         FROM pg_namespace WHERE oid IN ({_USER_NAMESPACES}) ORDER BY 1""",
     "relations": f"""
         SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relrowsecurity,
-               c.relacl::text, c.reloptions::text, obj_description(c.oid, 'pg_class')
+               {acl("c.relacl")}, c.reloptions::text, obj_description(c.oid, 'pg_class')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relnamespace IN ({_USER_NAMESPACES}) ORDER BY 1, 2""",
     "columns": f"""
@@ -54,7 +65,7 @@ _QUERIES = {
         ORDER BY 1, 2""",
     "functions": f"""
         SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid),
-               pg_get_functiondef(p.oid), p.proacl::text
+               pg_get_functiondef(p.oid), {acl("p.proacl")}
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE p.pronamespace IN ({_USER_NAMESPACES}) ORDER BY 1, 2, 3""",
     "views": f"""
@@ -66,10 +77,21 @@ _QUERIES = {
 }
 
 
-def describe(dsn: str, *, skip_yoyo: bool = True) -> dict[str, list[tuple[Any, ...]]]:
-    """Every user-visible schema object of the database, as sorted rows."""
+def describe(
+    dsn: str, *, skip_yoyo: bool = True, owner: str | None = None
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every user-visible schema object of the database, as sorted rows.
+
+    With ``owner``, that role's name reads ``<owner>`` wherever it appears
+    (in ACLs), so that installs made by different roles compare equal.
+    """
     with psycopg.connect(dsn) as conn:
         found = {name: conn.execute(sql).fetchall() for name, sql in _QUERIES.items()}
+    if owner:
+        found = {
+            name: [tuple(_rename(v, owner) for v in row) for row in rows]
+            for name, rows in found.items()
+        }
     if skip_yoyo:
         for name, rows in found.items():
             found[name] = [
@@ -78,6 +100,12 @@ def describe(dsn: str, *, skip_yoyo: bool = True) -> dict[str, list[tuple[Any, .
                 if not any(str(v) in YOYO_TABLES or str(v).startswith(YOYO_TABLES) for v in r[:3])
             ]
     return found
+
+
+def _rename(value: Any, owner: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    return re.sub(rf"(?<![\w]){re.escape(owner)}(?=[=/])", "<owner>", value)
 
 
 def table_data(dsn: str, tables: tuple[str, ...] = ("bars", "mpesa_credentials")) -> dict[str, Any]:
