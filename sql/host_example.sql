@@ -12,7 +12,10 @@ BEGIN
             EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
         END IF;
     END LOOP;
-    ALTER ROLE service_role BYPASSRLS;
+    -- only a role that bypasses RLS may grant that
+    IF NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = 'service_role') THEN
+        ALTER ROLE service_role BYPASSRLS;
+    END IF;
 END
 $$;
 

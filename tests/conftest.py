@@ -11,15 +11,27 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.database import (
-    HOST_TEMPLATE,
-    MIGRATED_TEMPLATE,
+    ROLES,
     Database,
     build_templates,
     fresh_database,
+    templates,
 )
 from tests.support.servers import Server, ServerSpec, specs
 
 _SPECS = specs()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Who a test's database belongs to and who runs it: the owner who is no
+    superuser, as on a managed host, unless marked ``roles(...)``: the
+    install, upgrade, rollback, settings, relay and prune tests run as the
+    superuser as well."""
+    if "role" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("roles")
+        roles = marker.args if marker else ROLES[:1]
+        assert set(roles) <= set(ROLES), roles
+        metafunc.parametrize("role", roles)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,21 +54,21 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
 
 
 @pytest.fixture
-def db(server: Server) -> Iterator[Database]:
+def db(server: Server, role: str) -> Iterator[Database]:
     """A fresh, migrated database."""
-    with fresh_database(server, MIGRATED_TEMPLATE) as database:
+    with fresh_database(server, templates(role)[1], role=role) as database:
         yield database
 
 
 @pytest.fixture
-def host_db(server: Server) -> Iterator[Database]:
+def host_db(server: Server, role: str) -> Iterator[Database]:
     """A fresh database with the host schema and nothing of ours."""
-    with fresh_database(server, HOST_TEMPLATE) as database:
+    with fresh_database(server, templates(role)[0], role=role) as database:
         yield database
 
 
 @pytest.fixture
-def empty_db(server: Server) -> Iterator[Database]:
+def empty_db(server: Server, role: str) -> Iterator[Database]:
     """A fresh database with nothing in it."""
-    with fresh_database(server, "template0") as database:
+    with fresh_database(server, "template0", role=role) as database:
         yield database

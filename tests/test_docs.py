@@ -81,7 +81,7 @@ from tests.support.database import Database
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLE_BAR = uuid.UUID("3f0c8a52-6f0e-4c1e-9a57-2b8d1c0e7a11")
-EXAMPLE_URL = "postgresql+psycopg://postgres@db.example:5432/postgres"
+EXAMPLE_URL = "postgresql+psycopg://postgres@db.example:5432/postgres?schema=mpesa_sync_yoyo"
 PROGRAMS = {"mpesa-sync", "yoyo", "psql", "curl", "export", "make", "pip"}
 RUN_ON_A_TEST_DATABASE = {
     "migrate",
@@ -372,9 +372,13 @@ def test_yoyo_lines_run(host_db: Database, tmp_path: Path) -> None:
     yoyo = str(Path(sys.executable).with_name("yoyo"))
     folder = run_cli("migrations-dir").stdout.strip()
     swap = {"yoyo": yoyo, EXAMPLE_URL: url, MIGRATIONS_DIR: folder}
-    newest = host_db.scalar  # what the newest migration (0005) installs, and 0003 before it
+    # the line before them makes the schema yoyo keeps its tables in
+    (create,) = [argv for _, _, argv in shell_lines() if "mpesa_sync_yoyo" in " ".join(argv)
+                 and argv[0] == "psql"]  # fmt: skip
+    subprocess.run([host_db.dsn if w == "$MPESA_SYNC_DSN" else w for w in create], check=True)
+    newest = host_db.scalar  # what the newest migration (0006) changes, and 0005 before it
     retention = "SELECT to_regprocedure('mpesa_sync.prune_v1(interval, integer, boolean)')"
-    settings = "SELECT to_regproc('mpesa_sync.save_settings')"
+    anon_usage = "SELECT has_schema_privilege('anon', 'mpesa_sync', 'USAGE')"
     for argv in lines:
         assert argv[1] == "break-lock" or MIGRATIONS_DIR in argv, argv  # never a guessed folder
         command = [swap.get(w, w) for w in argv]
@@ -382,9 +386,9 @@ def test_yoyo_lines_run(host_db: Database, tmp_path: Path) -> None:
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{shlex.join(argv)}: {result.stderr}"
         if argv[1] == "apply":
-            assert newest(retention) and newest(settings)
+            assert newest(retention) and newest(anon_usage) is False
         elif argv[1] == "rollback":
-            assert newest(retention) is None and newest(settings)  # one step: the newest only
+            assert newest(retention) and newest(anon_usage) is True  # one step: the newest only
 
 
 def test_psql_lines_run(db: Database) -> None:

@@ -17,9 +17,13 @@ from mpesa_sync.errors import HostSchemaMissing
 from mpesa_sync.resources import resource_dir
 from tests.support.catalog import describe, table_data
 from tests.support.cli import assert_one_line_error, run_cli, run_module
-from tests.support.database import HOST_TEMPLATE, Database, fresh_database
+from tests.support.database import Database, fresh_database, templates
 from tests.support.relay import RelayProcess
 from tests.support.waiting import wait_for
+
+# The install, upgrade, rollback, settings, relay and prune tests run as the
+# managed-host owner (no superuser) and as a superuser.
+pytestmark = pytest.mark.roles("owner", "superuser")
 
 ROOT = Path(__file__).resolve().parent.parent
 # Someone waits for the ACCESS EXCLUSIVE lock on bars that DROP TRIGGER takes.
@@ -39,7 +43,9 @@ ALL_MIGRATIONS = sorted(
 def test_schema_sql_and_migrations_build_the_same_schema(server, host_db: Database) -> None:
     from_migrations = host_db
     migrations.migrate(from_migrations.dsn)
-    with fresh_database(server, HOST_TEMPLATE, prefix="from_schema") as from_schema:
+    with fresh_database(
+        server, templates(host_db.role)[0], prefix="from_schema", role=host_db.role
+    ) as from_schema:
         from_schema.execute(resource_dir("sql").joinpath("schema.sql").read_text())
         assert describe(from_schema.dsn) == describe(from_migrations.dsn)
 

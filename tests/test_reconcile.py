@@ -36,8 +36,8 @@ def _bars(db: Database, count: int, *, active: bool = True) -> list[uuid.UUID]:
 
 
 def _flip_behind_triggers(db: Database, bars: list[uuid.UUID]) -> None:
-    """Drift: invert mpesa_enabled of ``bars`` in replica mode."""
-    with db.connect() as conn, conn.transaction():
+    """Drift: invert mpesa_enabled of ``bars`` in replica mode (the superuser's)."""
+    with db.admin_connect() as conn, conn.transaction():
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute(
             "UPDATE bars SET mpesa_enabled = NOT mpesa_enabled WHERE id = ANY(%s)", (bars,)

@@ -38,6 +38,10 @@ from tests.support.relay import (
 )
 from tests.support.waiting import wait_for
 
+# The install, upgrade, rollback, settings, relay and prune tests run as the
+# managed-host owner (no superuser) and as a superuser.
+pytestmark = pytest.mark.roles("owner", "superuser")
+
 SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
 NON_ASCII = "café:1".encode()  # as a client sends it: UTF-8 bytes
 

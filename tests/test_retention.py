@@ -28,6 +28,10 @@ from tests.support.relay import (
     strip_at,
 )
 
+# The install, upgrade, rollback, settings, relay and prune tests run as the
+# managed-host owner (no superuser) and as a superuser.
+pytestmark = pytest.mark.roles("owner", "superuser")
+
 
 def add_events(db: Database, ages_in_days: list[float]) -> list[int]:
     """One event per age, in this order (ids ascending), written behind the triggers."""

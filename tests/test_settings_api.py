@@ -34,6 +34,10 @@ from mpesa_sync.retry import RetryPolicy
 from tests.support.database import Database
 from tests.support.waiting import wait_for
 
+# The install, upgrade, rollback, settings, relay and prune tests run as the
+# managed-host owner (no superuser) and as a superuser.
+pytestmark = pytest.mark.roles("owner", "superuser")
+
 T = TypeVar("T")
 
 FAST = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)

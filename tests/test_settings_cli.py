@@ -18,6 +18,10 @@ from tests.support.cli import assert_one_line_error, run_cli, run_on_terminal
 from tests.support.database import Database
 from tests.support.http import QuietHandler, serving
 
+# The install, upgrade, rollback, settings, relay and prune tests run as the
+# managed-host owner (no superuser) and as a superuser.
+pytestmark = pytest.mark.roles("owner", "superuser")
+
 KEY = base64.b64encode(bytes(range(100, 132))).decode()
 SECRETS = {
     "MPESA_SYNC_CONSUMER_KEY": "ck-" + uuid.uuid4().hex,

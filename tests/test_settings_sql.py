@@ -13,6 +13,10 @@ from mpesa_sync import migrations
 from mpesa_sync.resources import resource_dir
 from tests.support.database import Database
 
+# The install, upgrade, rollback, settings, relay and prune tests run as the
+# managed-host owner (no superuser) and as a superuser.
+pytestmark = pytest.mark.roles("owner", "superuser")
+
 SAVE = "SELECT mpesa_sync.save_settings(%s, %s, %s, %s, %s, %s, %s)"
 WRAPPER_SQL = resource_dir("sql") / "optional" / "public_save_settings.sql"
 

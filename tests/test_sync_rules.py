@@ -7,7 +7,10 @@ import json
 import psycopg
 import pytest
 
+from mpesa_sync.resources import resource_dir
 from tests.support.database import Database
+
+CUSTOMER_PAYMENT_OPTIONS_SQL = resource_dir("sql") / "optional" / "customer_payment_options.sql"
 
 SECRETS = (b"consumer-key-PLAINTEXT", b"consumer-secret-PLAINTEXT", b"passkey-PLAINTEXT")
 
@@ -202,6 +205,7 @@ def test_staff_role_without_rights_on_bars_still_syncs(db: Database) -> None:
                 CREATE ROLE mpesa_test_staff NOLOGIN;
             END IF;
         END $$;
+        GRANT mpesa_test_staff TO CURRENT_USER;  -- so that a role that is no superuser may SET ROLE
         GRANT SELECT, INSERT, UPDATE, DELETE ON public.mpesa_credentials TO mpesa_test_staff;
         CREATE POLICY staff_all ON public.mpesa_credentials TO mpesa_test_staff
             USING (true) WITH CHECK (true);
@@ -268,21 +272,29 @@ def test_payment_options_for_customers(db: Database) -> None:
     db.add_credentials(usable, "production", shortcode="600126")
     db.add_credentials(empty_key, key=b"")
     db.add_credentials(inactive, active=False)
+    read = (
+        "SELECT bar_id, mpesa_available, environment, business_shortcode"
+        " FROM mpesa_sync.payment_options"
+    )
+    # Since 0006 the customer roles read nothing of ours until the host opts in.
+    for role in ("anon", "authenticated"):
+        with db.connect() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SET ROLE {role}")
+            conn.execute(read)
     with db.connect() as conn:
-        conn.execute("SET ROLE anon")
-        rows = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                "SELECT bar_id, mpesa_available, environment, business_shortcode"
-                " FROM mpesa_sync.payment_options"
-            )
-        }
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELECT * FROM public.mpesa_credentials")
-    assert rows[usable] == (True, "production", "600126")
-    assert rows[empty_key] == (False, None, None)
-    assert rows[inactive] == (False, None, None)
-    assert rows[none] == (False, None, None)
+        conn.execute(CUSTOMER_PAYMENT_OPTIONS_SQL.read_text())
+        conn.execute(CUSTOMER_PAYMENT_OPTIONS_SQL.read_text())  # applying it again is harmless
+    for role in ("anon", "authenticated", "service_role"):
+        with db.connect() as conn:
+            conn.execute(f"SET ROLE {role}")
+            rows = {r[0]: r[1:] for r in conn.execute(read)}
+            if role != "service_role":  # the staff app's role, which writes them
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute("SELECT business_shortcode FROM public.mpesa_credentials")
+        assert rows[usable] == (True, "production", "600126"), role
+        assert rows[empty_key] == (False, None, None)
+        assert rows[inactive] == (False, None, None)
+        assert rows[none] == (False, None, None)
     columns = db.query(
         "SELECT column_name FROM information_schema.columns"
         " WHERE table_schema = 'mpesa_sync' AND table_name = 'payment_options'"

