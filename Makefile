@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m mpesa_sync.dev.demo
 
 test: $(STAMP)
+	@tests/support/install-pgbouncer
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)

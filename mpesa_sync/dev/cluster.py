@@ -77,8 +77,8 @@ class Cluster:
     def __post_init__(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="mpesa-sync-pg-"))
         self.datadir = self._root / "data"
-        self.port = _free_port()
-        self._user = _unprivileged_user()
+        self.port = free_port()
+        self._user = unprivileged_user()
         if self._user:
             os.chmod(self._root, 0o755)
             shutil.chown(self._root, self._user.pw_uid, self._user.pw_gid)
@@ -173,8 +173,9 @@ class Cluster:
             )
 
 
-def _unprivileged_user() -> pwd.struct_passwd | None:
-    """The user the server runs as when we are root (None when we are not)."""
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """The user servers (and the test suite's PgBouncer) run as when we are
+    root (None when we are not)."""
     if os.geteuid() != 0:
         return None
     try:
@@ -188,7 +189,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(_RUN_AS)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
