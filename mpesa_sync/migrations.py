@@ -160,17 +160,13 @@ def _take_install_locks(conn: psycopg.Connection[Any]) -> None:
     if not conn.execute(query("try_migrate_lock")).fetchone()[0]:  # type: ignore[index]
         for pid, state, application in conn.execute(query("migrate_lock_holders")):
             logger.warning(
-                "waiting for the migrate lock, held by backend %s (%s, %s)%s",
+                "waiting for the migrate lock, held by backend %s (%s, %s); if no migrate "
+                "or rollback is running, it is a session lock that a release before 0006 "
+                "left on a pooled connection: end it with SELECT pg_terminate_backend(%s)",
                 pid,
                 application or "no application name",
-                state,
-                (
-                    ": a session outside any transaction holds it, as a release before "
-                    "0006 could leave it on a pooled connection; if no migrate is "
-                    f"running, end it with SELECT pg_terminate_backend({pid})"
-                    if state == "idle"
-                    else ""
-                ),
+                state or "its state hidden from this role",
+                pid,
                 extra={"action": "migrate_lock_wait"},
             )
         conn.execute(query("take_migrate_lock"))
@@ -208,7 +204,15 @@ def _move_history_and_clear_leftover(conn: psycopg.Connection[Any], dsn: str) ->
         applied = {row[0] for row in conn.execute(query("applied_migrations"))}
         if not has_schema or FIRST_MIGRATION in applied:
             return []
-        holds_data, host_objects = conn.execute(query("leftover_install")).fetchone()  # type: ignore[misc]
+        events, alerts, recorded = conn.execute(query("leftover_install")).fetchone()  # type: ignore[misc]
+        holds_data = any(
+            conn.execute(query(name)).fetchone()[0]  # type: ignore[index]
+            for name, present in (("leftover_has_events", events), ("leftover_has_alerts", alerts))
+            if present
+        )
+        host_objects = (
+            conn.execute(query("leftover_host_objects")).fetchone()[0] if recorded else []  # type: ignore[index]
+        )
         if holds_data:
             raise MigrationError(
                 "schema mpesa_sync is here but yoyo has no record of installing it, and it "

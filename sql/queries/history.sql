@@ -69,23 +69,22 @@ DROP TABLE IF EXISTS public._yoyo_migration, public._yoyo_log,
     public._yoyo_version, public.yoyo_lock;
 
 -- name: leftover_install
--- A half-finished install (schema mpesa_sync with no yoyo record of it): does
--- it hold events or alerts, and which host objects did it record creating
--- (0001)? Any of its tables may be missing, so each is read only once
--- to_regclass() has found it: CASE evaluates its branches lazily, and
--- query_to_xml runs the statement it is given only when called.
-SELECT coalesce(bool_or(
-           CASE WHEN to_regclass(t.name) IS NULL THEN false
-                ELSE (xpath('/row/held/text()', query_to_xml(
-                          format('SELECT EXISTS (SELECT 1 FROM %s) AS held', t.name),
-                          false, true, '')))[1]::text::boolean
-           END), false) AS holds_data,
-       CASE WHEN to_regclass('mpesa_sync.installed_host_objects') IS NULL THEN '{}'::text[]
-            ELSE ARRAY(SELECT x::text FROM unnest(xpath('//object/text()', query_to_xml(
-                     'SELECT object FROM mpesa_sync.installed_host_objects',
-                     false, true, ''))) AS x)
-       END AS host_objects
-FROM unnest(ARRAY['mpesa_sync.status_events', 'mpesa_sync.alerts']) AS t (name);
+-- A half-finished install (schema mpesa_sync with no yoyo record of it): which
+-- of the tables that matter it has. Each is read below only when it is there.
+SELECT to_regclass('mpesa_sync.status_events') IS NOT NULL AS events,
+       to_regclass('mpesa_sync.alerts') IS NOT NULL AS alerts,
+       to_regclass('mpesa_sync.installed_host_objects') IS NOT NULL AS host_objects;
+
+-- name: leftover_has_events
+SELECT EXISTS (SELECT 1 FROM mpesa_sync.status_events);
+
+-- name: leftover_has_alerts
+SELECT EXISTS (SELECT 1 FROM mpesa_sync.alerts);
+
+-- name: leftover_host_objects
+-- What it recorded as created on the host (0001), for the new install to
+-- record again, so that a rollback still removes it.
+SELECT coalesce(array_agg(o.object), '{}') FROM mpesa_sync.installed_host_objects AS o;
 
 -- name: restore_host_objects
 INSERT INTO mpesa_sync.installed_host_objects (object)

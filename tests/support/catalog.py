@@ -105,7 +105,8 @@ def describe(
 def _rename(value: Any, owner: str) -> Any:
     if not isinstance(value, str):
         return value
-    return re.sub(rf"(?<![\w]){re.escape(owner)}(?=[=/])", "<owner>", value)
+    # in an ACL the role is a grantee (after "{" or ",") or a grantor (after "/")
+    return re.sub(rf"(?<=[{{,/]){re.escape(owner)}(?=[=,}}])", "<owner>", value)
 
 
 def table_data(dsn: str, tables: tuple[str, ...] = ("bars", "mpesa_credentials")) -> dict[str, Any]:
