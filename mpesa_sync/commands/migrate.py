@@ -23,6 +23,8 @@ def migrate(dsn: str, create_tables: bool, output_format: str) -> int:
     """Apply the pending migrations. A second run is a no-op.
 
     Exits 1 when the install left bars it could not fix (see `mpesa-sync alerts`).
+    Needs a direct or session-pooled connection: through a transaction pooler
+    (Supabase's port 6543) it exits 2 before it changes anything.
     """
     report = migrations.migrate(dsn, create_tables=create_tables)
     if output_format == "json":
@@ -55,7 +57,7 @@ def rollback(dsn: str, steps: int | None, undo_all: bool) -> int:
     """Undo the newest migration (or --steps N, or --all).
 
     On a database without an install (a wrong DSN, most likely) it exits 2
-    and creates nothing.
+    and creates nothing; so it does through a transaction pooler, like migrate.
     """
     if steps and undo_all:
         raise click.UsageError("give --steps or --all, not both")
