@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mpesa_sync.dev.demo
+	$(PY) -m devtools.demo
 
 test: $(STAMP)
 	@tests/support/install-pgbouncer

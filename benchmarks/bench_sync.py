@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 
 from benchmarks.common import RUNS, Bench, Result, timed
+from devtools import workload
+from devtools.older import FIRST_RELEASE, migrate_up_to
 from mpesa_sync import migrations
-from mpesa_sync.dev import workload
-from mpesa_sync.dev.older import FIRST_RELEASE, migrate_up_to
 from mpesa_sync.resources import resource_dir
 
 # One sandbox credential row per bar, half of them active.
@@ -227,7 +227,7 @@ def run(bench: Bench) -> list[Result]:
             target=0.5,
             higher_is_better=True,
             unit="statements/s",
-            note=f"{seconds:g} s per run of mpesa_sync/dev/workload.py: transactions of one "
+            note=f"{seconds:g} s per run of devtools/workload.py: transactions of one "
             "to three statements over several bars (toggles, inserts, deletes, moves, direct "
             "writes of bars), after vs before install; no deadlock in either",
         )

@@ -35,8 +35,8 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.bench_sync import prepare
-from mpesa_sync.dev.cluster import Cluster, embedded_bindir
-from mpesa_sync.dev.older import FIRST_RELEASE
+from devtools.cluster import Cluster, embedded_bindir
+from devtools.older import FIRST_RELEASE
 
 # One procedure runs every toggle, each in its own transaction, so that no
 # client round trip is counted; the dual write is the same loop with the

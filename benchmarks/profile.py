@@ -17,8 +17,8 @@ import time
 import psycopg
 
 from benchmarks.bench_sync import FLIP_ALL, TOGGLE_ONE, prepare
-from mpesa_sync.dev.cluster import Cluster, embedded_bindir
-from mpesa_sync.dev.queries import query
+from devtools.cluster import Cluster, embedded_bindir
+from devtools.queries import query
 
 TOGGLES = 1_000
 

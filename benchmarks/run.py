@@ -20,7 +20,7 @@ import psycopg
 from psycopg import conninfo
 
 from benchmarks.common import RUNS, Bench, Result, scale_from_env
-from mpesa_sync.dev.cluster import Cluster, debian_bindirs, embedded_bindir
+from devtools.cluster import Cluster, debian_bindirs, embedded_bindir
 
 MODULES = ("bench_sync", "bench_reconcile", "bench_relay", "bench_cli")
 PER_SERVER = ("bench_sync",)  # also run on every other server found

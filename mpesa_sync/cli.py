@@ -30,7 +30,7 @@ class LazyCommand(NamedTuple):
     module: str
     attribute: str
     # What `mpesa-sync --help` lists, so that listing imports no command; it is
-    # the first sentence of the command's docstring (tests/test_units.py).
+    # the first sentence of the command's docstring (tests/units/test_cli.py).
     summary: str
 
 

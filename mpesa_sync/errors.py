@@ -24,6 +24,10 @@ class ConfigError(MpesaSyncError):
     """A setting or option is missing or invalid."""
 
 
+class SessionRequired(ConfigError):
+    """This command needs a session of its own, and the DSN leads to a transaction pooler."""
+
+
 class DatabaseUnavailable(MpesaSyncError):
     """The database could not be reached."""
 

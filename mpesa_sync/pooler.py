@@ -24,14 +24,10 @@ import secrets
 from typing import Any
 
 from mpesa_sync import db
-from mpesa_sync.errors import ConfigError
+from mpesa_sync.errors import SessionRequired
 from mpesa_sync.queries import query
 
 _ROUNDS = 3
-
-
-class SessionRequired(ConfigError):
-    """This command needs a session of its own, and the DSN leads to a transaction pooler."""
 
 
 def require_session(dsn: str, command: str) -> None:

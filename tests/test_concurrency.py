@@ -1,7 +1,7 @@
 """Many writers at once, readers that check every snapshot they take, and what
 it costs in throughput.
 
-- The platform's workload (mpesa_sync/dev/workload.py): twelve writers,
+- The platform's workload (devtools/workload.py): twelve writers,
   transactions of one to three statements over several bars, every kind of
   write. Its transactions cannot deadlock each other on their own, and with
   mpesa-sync they must not either; no committed snapshot may show drift.
@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from mpesa_sync.dev import workload
+from devtools import workload
 from tests.support.database import DRIFT_SQL, Database
 
 WRITERS = 12

@@ -338,16 +338,18 @@ def test_make_pip_and_export_lines() -> None:
         elif program == "export":
             # shlex does not know $( ... ): read the assignment from the line itself
             assigned = args[0].split("=", 1)[0]
-            [line] = [text for text in raw_lines() if text.startswith(f"export {assigned}=")]
-            name, _, value = words_of_export(line)
-            assert f'"{name}"' in package_source, f"{where}: the package never reads {name}"
-            command = re.fullmatch(r"\$\((.*)\)", value)
-            if command:
-                printed = subprocess.run(
-                    shlex.split(command.group(1)), capture_output=True, text=True, check=True
-                ).stdout.strip()
-                if name == KEY_ENV:
-                    CredentialCipher.from_env({KEY_ENV: printed})
+            exports = [text for text in raw_lines() if text.startswith(f"export {assigned}=")]
+            assert exports, where
+            for line in exports:
+                name, _, value = words_of_export(line)
+                assert f'"{name}"' in package_source, f"{where}: the package never reads {name}"
+                command = re.fullmatch(r"\$\((.*)\)", value)
+                if command:
+                    printed = subprocess.run(
+                        shlex.split(command.group(1)), capture_output=True, text=True, check=True
+                    ).stdout.strip()
+                    if name == KEY_ENV:
+                        CredentialCipher.from_env({KEY_ENV: printed})
         else:
             continue
         seen.add(program)

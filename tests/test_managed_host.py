@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from devtools.older import LAST_RELEASE, migrate_up_to
 from mpesa_sync import migrations
-from mpesa_sync.dev.older import LAST_RELEASE, migrate_up_to
 from mpesa_sync.resources import resource_dir
 from tests.support.catalog import describe
 from tests.support.cli import assert_one_line_error, run_cli

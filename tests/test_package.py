@@ -137,10 +137,18 @@ def test_the_wheel_ships_the_product_and_its_sql(wheel_names: list[str]) -> None
 
 
 def test_the_wheel_leaves_the_development_tooling_out(wheel_names: list[str]) -> None:
-    assert [
-        n for n in wheel_names if n.startswith(("mpesa_sync/dev/", "mpesa_sync/_sql/dev/"))
-    ] == []
-    assert not any(n.startswith(("tests/", "benchmarks/")) for n in wheel_names)
+    assert [n for n in wheel_names if n.startswith("mpesa_sync/_sql/dev/")] == []
+    assert not any(n.startswith(("tests/", "benchmarks/", "devtools/")) for n in wheel_names)
+
+
+def test_the_package_folder_is_what_the_wheel_ships(wheel_names: list[str]) -> None:
+    in_folder = {
+        str(p.relative_to(ROOT))
+        for p in PACKAGE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    shipped = {n for n in wheel_names if n.startswith("mpesa_sync/")}
+    assert in_folder - shipped == set()
 
 
 # -- boundaries between modules -------------------------------------------------------
@@ -158,14 +166,14 @@ def imports_of(path: Path) -> set[str]:
 
 
 def product_modules() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*.py") if "dev" not in p.relative_to(PACKAGE).parts]
+    return list(PACKAGE.rglob("*.py"))
 
 
 def test_the_product_never_imports_the_development_tooling() -> None:
     offenders = [
         str(p.relative_to(ROOT))
         for p in product_modules()
-        if any(m.startswith("mpesa_sync.dev") for m in imports_of(p))
+        if any(m.startswith(("devtools", "tests", "benchmarks")) for m in imports_of(p))
     ]
     assert offenders == []
 

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from devtools.older import FIRST_RELEASE as V1
+from devtools.older import migrate_up_to
 from mpesa_sync import migrations
-from mpesa_sync.dev.older import FIRST_RELEASE as V1
-from mpesa_sync.dev.older import migrate_up_to
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
 from tests.support.database import Database, fresh_database, templates

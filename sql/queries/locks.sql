@@ -12,7 +12,7 @@
 --                        hands out event ids in commit order, at commit
 --
 -- The third lives in the function body, where it must stay; a test
--- (tests/test_units.py) checks that the keys in sql/ and migrations/ are these
+-- (tests/units/test_queries.py) checks that the keys in sql/ and migrations/ are these
 -- and that no two uses share one by accident.
 
 -- name: try_migrate_lock

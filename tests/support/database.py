@@ -200,10 +200,12 @@ def build_templates(srv: Server) -> None:
     with psycopg.connect(srv.dsn(HOST_TEMPLATE), autocommit=True) as conn:
         conn.execute(HOST_SQL.read_text())
     with psycopg.connect(srv.dsn(OWNER_HOST_TEMPLATE), autocommit=True) as conn:
-        # The provider's admin creates the extensions; the embedded server's
-        # wheel ships no pgcrypto, and nothing of ours needs it.
+        # The provider's admin creates the extensions, in schema extensions as
+        # Supabase does; the embedded server's wheel ships no pgcrypto, and
+        # nothing of ours needs it.
         if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgcrypto'").fetchone():
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+            conn.execute("CREATE SCHEMA IF NOT EXISTS extensions")
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto SCHEMA extensions")
         conn.execute(_SUPABASE_DEFAULTS)
     with psycopg.connect(owner_dsn(srv, OWNER_HOST_TEMPLATE), autocommit=True) as conn:
         conn.execute(HOST_SQL.read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import conninfo
 
-from mpesa_sync.dev.cluster import free_port, unprivileged_user
+from devtools.cluster import free_port, unprivileged_user
 from tests.support.database import OWNER
 
 BINARY = Path("/usr/sbin/pgbouncer")

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from mpesa_sync.dev.cluster import Cluster, debian_bindirs, embedded_bindir, server_version
+from devtools.cluster import Cluster, debian_bindirs, embedded_bindir, server_version
 
 logger = logging.getLogger(__name__)
 

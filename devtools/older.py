@@ -31,7 +31,7 @@ LAST_RELEASE = "0005_mpesa_sync_retention_v1"  # what DBAs applied before 0006
 # is what DBAs applied.
 RELEASE_COMMIT = "43598e6f027148e395fd2af4d7ea734b5f363cdd"
 
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 @functools.cache

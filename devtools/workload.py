@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from mpesa_sync.dev.queries import query
+from devtools.queries import query
 
 # The host's constraints refuse some random operations (a move into a slot
 # that is taken): they say nothing about mpesa-sync.

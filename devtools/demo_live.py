@@ -20,7 +20,7 @@ from uuid import UUID
 import click
 import psycopg
 
-from mpesa_sync.dev.queries import query
+from devtools.queries import query
 
 
 def run_live(dsn: str, bar_id: UUID, bar_name: str, step: Callable[[str], None]) -> bool:

@@ -13,10 +13,10 @@ from typing import Any
 import click
 import psycopg
 
+from devtools import demo_live
+from devtools.cluster import Cluster, embedded_bindir
+from devtools.queries import query
 from mpesa_sync import migrations
-from mpesa_sync.dev import demo_live
-from mpesa_sync.dev.cluster import Cluster, embedded_bindir
-from mpesa_sync.dev.queries import query
 from mpesa_sync.resources import resource_dir
 
 MAMA_OLIECH = uuid.UUID("00000000-0000-4000-8000-000000000001")
