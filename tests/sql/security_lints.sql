@@ -1,4 +1,4 @@
--- The security lints of Supabase's linter (supabase/splinter, lints/00NN_*.sql)
+-- The security lints of Supabase's linter (supabase/splinter at 55db5b1, lints/00NN_*.sql)
 -- that can concern what mpesa-sync creates, written out again for our tests
 -- from their documented rules. One row per finding: (lint, level, object).
 --

@@ -34,20 +34,12 @@ OWNER = "mpesa_owner"
 OWNER_PASSWORD = "mpesa-owner-test"  # trust on our own clusters; a DSN's server may ask
 OWNER_HOST_TEMPLATE = "mpesa_owner_host_template"
 OWNER_MIGRATED_TEMPLATE = "mpesa_owner_migrated_template"
-API_ROLES = ("anon", "authenticated", "service_role")
 ROLES = ("owner", "superuser")  # who a test's database belongs to, and who runs it
 
-_CREATE_ROLES = f"""
+# The owner, once the host's example schema has made the API roles.
+_CREATE_OWNER = f"""
 DO $$
-DECLARE
-    v_role text;
 BEGIN
-    FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
-        END IF;
-    END LOOP;
-    ALTER ROLE service_role BYPASSRLS;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER}') THEN
         CREATE ROLE {OWNER} LOGIN;
     END IF;
@@ -190,15 +182,15 @@ def build_templates(srv: Server) -> None:
     for name in (MIGRATED_TEMPLATE, HOST_TEMPLATE, OWNER_MIGRATED_TEMPLATE, OWNER_HOST_TEMPLATE):
         drop_database(srv, name)
     with psycopg.connect(srv.dsn(), autocommit=True) as conn:
-        conn.execute(_CREATE_ROLES)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOST_TEMPLATE)))
+    with psycopg.connect(srv.dsn(HOST_TEMPLATE), autocommit=True) as conn:
+        conn.execute(HOST_SQL.read_text())  # makes the API roles where missing
+        conn.execute(_CREATE_OWNER)
         conn.execute(
             sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(OWNER_HOST_TEMPLATE), sql.Identifier(OWNER)
             )
         )
-    with psycopg.connect(srv.dsn(HOST_TEMPLATE), autocommit=True) as conn:
-        conn.execute(HOST_SQL.read_text())
     with psycopg.connect(srv.dsn(OWNER_HOST_TEMPLATE), autocommit=True) as conn:
         # The provider's admin creates the extensions, in schema extensions as
         # Supabase does; the embedded server's wheel ships no pgcrypto, and
