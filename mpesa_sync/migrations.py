@@ -105,39 +105,41 @@ def migrate(dsn: str, *, create_tables: bool = False) -> MigrateReport:
     """
     report = MigrateReport()
     require_session(dsn, "mpesa-sync migrate")
-    with db.connection(dsn, autocommit=True) as conn:
-        present = conn.execute(query("host_tables_present")).fetchone()
+    # Two connections: ``locks`` holds the install locks in a transaction that
+    # takes nothing else (a table lock held there would block a migration
+    # that alters the table, which waits on yoyo's own connection: a deadlock
+    # no server could see); ``work`` reads and writes in autocommit.
+    with db.connection(dsn, autocommit=True) as locks, db.connection(dsn, autocommit=True) as work:
+        present = work.execute(query("host_tables_present")).fetchone()
         assert present is not None
         if not present[0] and not create_tables:
             raise HostSchemaMissing(
                 f"{db.describe(dsn)} has no table public.bars; "
                 "pass --create-tables to create the host tables in a new database"
             )
-        check_host_columns(conn, installed=db.schema_installed(conn))
-        with conn.transaction():
-            _take_install_locks(conn)
+        check_host_columns(work, installed=db.schema_installed(work))
+        with locks.transaction():
+            _take_install_locks(locks)
             # read under the lock: a migrate that held it may have installed
             # (part of) the schema meanwhile, and its alerts and events are
             # not ours to report
             last_alert = last_event = 0
-            if db.schema_installed(conn):
-                last_alert = conn.execute(query("last_alert_id")).fetchone()[0]  # type: ignore[index]
-                last_event = conn.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
-            with db.connection(dsn, autocommit=True) as work:
-                work.execute(query("create_history_schema"))
-                leftover = _move_history_and_clear_leftover(work, dsn)
+            if db.schema_installed(work):
+                last_alert = work.execute(query("last_alert_id")).fetchone()[0]  # type: ignore[index]
+                last_event = work.execute(query("newest_event_id")).fetchone()[0]  # type: ignore[index]
+            work.execute(query("create_history_schema"))
+            leftover = _move_history_and_clear_leftover(work, dsn)
             report.applied = _apply(dsn)
             if leftover:
-                with db.connection(dsn) as work:
-                    work.execute(query("restore_host_objects"), {"objects": leftover})
+                work.execute(query("restore_host_objects"), {"objects": leftover})
             if report.applied:
-                rows = conn.execute(query("alerts_since"), {"after": last_alert}).fetchall()
+                rows = work.execute(query("alerts_since"), {"after": last_alert}).fetchall()
                 report.refused = [
                     {"alert_id": r[0], "bar_id": str(r[2]), **r[3]}
                     for r in rows
                     if r[1] == "fix_refused"
                 ]
-                fixed = conn.execute(query("reconcile_events_after"), {"after": last_event})
+                fixed = work.execute(query("reconcile_events_after"), {"after": last_event})
                 report.fixed = int(fixed.fetchone()[0])  # type: ignore[index]
     if report.fixed:
         logger.info(
@@ -274,6 +276,7 @@ def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
                 f"({'no yoyo history of it' if schema else 'no schema mpesa_sync'}); "
                 "is this the right database?"
             )
+        # the install locks in a transaction that takes nothing else (see migrate)
         with conn.transaction():
             _take_install_locks(conn)
             with db.connection(dsn, autocommit=True) as work:

@@ -307,3 +307,27 @@ def test_a_session_lock_left_by_an_older_release_is_named(db: Database) -> None:
         thread.join(timeout=60)
     assert result and result[0].code == 0, result
     assert f"pg_terminate_backend({pid})" in result[0].stderr
+
+
+def test_migrate_holds_nothing_but_its_locks_while_yoyo_works(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction that holds the install locks takes no table lock: one
+    would block a migration that alters the table, waiting on yoyo's own
+    connection, in a deadlock no server could see."""
+    held: list[tuple[str, str]] = []
+    apply = migrations._apply
+
+    def looking(dsn: str) -> list[str]:
+        with db.admin_connect() as admin:
+            held.extend(admin.execute("""
+                SELECT l.locktype, l.mode
+                FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+                WHERE a.datname = current_database() AND a.state = 'idle in transaction'
+            """).fetchall())  # fmt: skip
+        return apply(dsn)
+
+    monkeypatch.setattr(migrations, "_apply", looking)
+    assert migrations.migrate(db.dsn).applied == []
+    assert ("advisory", "ExclusiveLock") in held
+    assert {locktype for locktype, _ in held} == {"advisory", "virtualxid"}

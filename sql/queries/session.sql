@@ -11,3 +11,8 @@ SELECT set_config('mpesa_sync.session_probe', %(token)s, false) AS token,
 -- name: session_probe_read
 SELECT current_setting('mpesa_sync.session_probe', true) AS token,
        pg_backend_pid() AS pid;
+
+-- name: session_peer
+-- The client address and port the server sees on this connection: ours, when
+-- nothing stands between (NULL for a Unix socket).
+SELECT host(inet_client_addr()) AS host, inet_client_port() AS port;
