@@ -16,19 +16,11 @@ from typing import Any
 import psycopg
 
 from mpesa_sync import db
-from mpesa_sync.errors import MpesaSyncError, first_line
+from mpesa_sync.errors import RealtimeRightMissing, RealtimeUnavailable, first_line
 from mpesa_sync.queries import query
 from mpesa_sync.resources import resource_dir
 
 logger = logging.getLogger(__name__)
-
-
-class RealtimeUnavailable(MpesaSyncError):
-    """The database has no Supabase Realtime (realtime.send); nothing was changed."""
-
-
-class RealtimeRightMissing(MpesaSyncError):
-    """The role lacks a right the broadcast sink needs; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +87,8 @@ def enable(dsn: str, *, public: bool = False) -> RealtimeStatus:
                 "allowed by Supabase's supautils policy_grants; nothing was changed"
             ) from exc
         try:
-            with conn.transaction():
+            with conn.transaction(force_rollback=True):
                 conn.execute(query("realtime_probe_insert"))
-                raise _ProbeDone
-        except _ProbeDone:
-            pass
         except psycopg.errors.InsufficientPrivilege as exc:
             raise RealtimeRightMissing(
                 f"role {role} may not insert broadcasts into realtime.messages "
@@ -117,10 +106,6 @@ def enable(dsn: str, *, public: bool = False) -> RealtimeStatus:
     return status
 
 
-class _ProbeDone(Exception):
-    """Rolls the probe's savepoint back."""
-
-
 def _check_prerequisites(conn: psycopg.Connection[Any]) -> str:
     """The current role's name, once it has all the sink needs of Realtime."""
     row = conn.execute(query("realtime_prerequisites")).fetchone()
@@ -135,7 +120,7 @@ def _check_prerequisites(conn: psycopg.Connection[Any]) -> str:
             f"role {role} lacks USAGE on schema realtime; nothing was changed"
         )
     if not has_send or not has_messages:
-        missing = "realtime.send(jsonb, text, text, boolean)" if not has_send else "realtime.messages"
+        missing = "realtime.messages" if has_send else "realtime.send(jsonb, text, text, boolean)"
         raise RealtimeUnavailable(
             f"the database has no {missing} (Supabase Realtime); nothing was changed"
         )

@@ -49,7 +49,7 @@ def sink_owner(
         yield conninfo.make_conninfo(db.dsn, user=name)
     finally:
         with db.connect() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+            conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(role))
             conn.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
