@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.common import RUNS, Bench, Result, timed
-from mpesa_sync import migrations
+from mpesa_sync import migrations, realtime
 from mpesa_sync.dev import workload
 from mpesa_sync.dev.older import FIRST_RELEASE, migrate_up_to
 from mpesa_sync.resources import resource_dir
@@ -118,6 +118,38 @@ def toggle_samples(
             conn.close()
 
 
+def realtime_results(bench: Bench, rows: int, toggles: int) -> list[Result]:
+    """One toggle with the broadcast sink on against the same toggle with it
+    off: two installed databases with the same data and a stand-in of
+    Supabase Realtime's schema, the sink enabled in one, toggled in turns."""
+    standin = resource_dir("sql").joinpath("dev", "realtime_standin.sql").read_text()
+    results = []
+    with bench.database() as off, bench.database() as on:
+        for dsn in (off, on):
+            prepare(dsn, rows, install=True)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(standin)
+        realtime.enable(on)
+        for durable in (True, False):
+            samples = toggle_samples(
+                {"on": (on, toggle), "off": (off, toggle)}, toggles, durable=durable
+            )
+            results.append(
+                Result(
+                    name=f"one toggle at {rows:,} bars, realtime sink on vs off"
+                    + ("" if durable else ", synchronous_commit=off"),
+                    ours=samples["on"],
+                    bare=samples["off"],
+                    target=1.5 if durable else None,
+                    note="`mpesa-sync realtime enable` against a stand-in of Realtime's schema "
+                    "(realtime.send as Supabase defines it, sent as a superuser, so no RLS "
+                    "check on the insert); each toggle sends one broadcast"
+                    + ("" if durable else "; no wait for the WAL flush: the CPU cost alone"),
+                )
+            )
+    return results
+
+
 def mixed_samples(bench: Bench, seconds: float) -> tuple[list[float], list[float]]:
     """Statements per second of the platform workload, with and without mpesa-sync."""
     ours: list[float] = []
@@ -216,6 +248,8 @@ def run(bench: Bench) -> list[Result]:
                         note="no wait for the WAL flush: the triggers' CPU cost alone",
                     )
                 )
+
+    results += realtime_results(bench, toggle_sizes[1], min(toggles, toggle_sizes[1]))
 
     seconds = MIXED_SECONDS if bench.scale == "full" else 2.0
     ours, bare = mixed_samples(bench, seconds)

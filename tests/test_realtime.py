@@ -1,6 +1,6 @@
 """Broadcast from the database (`mpesa-sync realtime enable`), on real
 PostgreSQL with a stand-in of Supabase Realtime's schema
-(tests/support/realtime_standin.sql): what the sink sends and when, its
+(sql/dev/realtime_standin.sql): what the sink sends and when, its
 faults, the RLS policy as Realtime checks it, the state call, and the CLI.
 
 The sink is enabled, as on Supabase, by a role that is no superuser

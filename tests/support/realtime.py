@@ -12,9 +12,10 @@ from typing import Any
 
 from psycopg import conninfo, sql
 
+from mpesa_sync.resources import resource_dir
 from tests.support.database import Database
 
-STANDIN_SQL = Path(__file__).with_name("realtime_standin.sql")
+STANDIN_SQL = resource_dir("sql") / "dev" / "realtime_standin.sql"
 
 
 def install_standin(db: Database) -> None:
