@@ -20,12 +20,12 @@ from playwright.sync_api import Browser, Page, expect
 
 from mpesa_sync import migrations, realtime
 from mpesa_sync.resources import migration_ids
+from tests.support.browser import chromium
 from tests.support.database import Database
 from tests.support.realtime import install_standin, sink_owner
 from tests.support.realtime_server import JS_DIR, SUPABASE_UMD, RealtimeStandIn, realtime_standin
 from tests.support.relay import set_active
 from tests.support.waiting import wait_for
-from tests.test_browser import browser  # noqa: F401 (the module's Chromium fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -47,6 +47,12 @@ def supabase_js() -> None:
     )
     if result.returncode != 0 or not SUPABASE_UMD.exists():
         pytest.fail(f"could not install supabase-js: {result.stderr.strip()[-500:]}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -74,7 +80,7 @@ class Watch:
 
 
 @pytest.fixture
-def watch(db: Database, live: str, browser: Browser) -> Iterator[tuple[Watch, uuid.UUID]]:  # noqa: F811
+def watch(db: Database, live: str, browser: Browser) -> Iterator[tuple[Watch, uuid.UUID]]:
     bar = db.add_bar("Mama Oliech")
     db.add_credentials(bar, "production", active=False)
     with realtime_standin(db) as (standin, url):
