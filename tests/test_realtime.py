@@ -488,3 +488,28 @@ def test_a_database_without_realtime_runs_as_before(db: Database) -> None:
     assert realtime.disable(db.dsn) is False
     with pytest.raises(psycopg.errors.UndefinedTable):
         db.execute("SELECT 1 FROM realtime.messages")
+
+
+def test_the_sink_state_reads_without_rights_on_realtime(db: Database, live: str) -> None:
+    """status asks about the policies from the catalogs: a role without USAGE
+    on schema realtime (a monitor) can still read the sink's state."""
+    monitor = f"mpesa_monitor_{uuid.uuid4().hex[:10]}"
+    db.execute(f"CREATE ROLE {monitor}")
+    try:
+        db.execute(f"GRANT USAGE ON SCHEMA mpesa_sync TO {monitor}")
+        db.execute(f"GRANT SELECT ON mpesa_sync.realtime_sink_v1 TO {monitor}")
+        with db.connect(autocommit=False) as conn:
+            conn.execute(f"SET LOCAL ROLE {monitor}")
+            with pytest.raises(errors.InsufficientPrivilege), conn.transaction():
+                conn.execute("SELECT to_regclass('realtime.messages')")
+            sink = realtime.sink_status(conn)
+            conn.rollback()
+        assert (sink.enabled, sink.topics, sink.policies, sink.state_call) == (
+            True,
+            "private",
+            2,
+            True,
+        )
+    finally:
+        db.execute(f"DROP OWNED BY {monitor}")
+        db.execute(f"DROP ROLE {monitor}")

@@ -11,11 +11,23 @@ DROP FUNCTION IF EXISTS public.mpesa_status(uuid);
 DROP FUNCTION IF EXISTS mpesa_sync.log_position_v1();
 DROP TABLE IF EXISTS mpesa_sync.realtime_sink_v1;
 
+-- Looked up in the catalogs, which anyone may read: a role without USAGE on
+-- schema realtime (where enable never ran) gets no error from a database that
+-- holds none of our policies.
 DO $$
+DECLARE
+    v_policy name;
 BEGIN
-    IF to_regclass('realtime.messages') IS NOT NULL THEN
-        DROP POLICY IF EXISTS mpesa_sync_status_receive_v1 ON realtime.messages;
-        DROP POLICY IF EXISTS mpesa_sync_status_send_v1 ON realtime.messages;
-    END IF;
+    FOR v_policy IN
+        SELECT p.polname
+        FROM pg_catalog.pg_policy AS p
+        JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'realtime'
+          AND c.relname = 'messages'
+          AND p.polname IN ('mpesa_sync_status_receive_v1', 'mpesa_sync_status_send_v1')
+    LOOP
+        EXECUTE format('DROP POLICY %I ON realtime.messages', v_policy);
+    END LOOP;
 END
 $$;

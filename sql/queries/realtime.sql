@@ -45,9 +45,13 @@ VALUES ('mpesa_status:00000000-0000-0000-0000-000000000000', 'broadcast', '{}', 
 SELECT t.oid IS NOT NULL AS sink,
        split_part(encode(t.tgargs, 'escape'), '\000', 1) AS topics,
        (
+           -- from the catalogs: a role without USAGE on schema realtime may ask
            SELECT count(*)
            FROM pg_catalog.pg_policy AS p
-           WHERE p.polrelid = to_regclass('realtime.messages')
+           JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
+           JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'realtime'
+             AND c.relname = 'messages'
              AND p.polname IN ('mpesa_sync_status_receive_v1', 'mpesa_sync_status_send_v1')
        ) AS policies,
        to_regprocedure('public.mpesa_status(uuid)') IS NOT NULL AS state_call,
