@@ -16,7 +16,7 @@ import psycopg
 from benchmarks.common import RUNS, Bench, Result, timed
 from devtools import workload
 from devtools.older import FIRST_RELEASE, migrate_up_to
-from mpesa_sync import migrations
+from mpesa_sync import migrations, realtime
 from mpesa_sync.resources import resource_dir
 
 # One sandbox credential row per bar, half of them active.
@@ -118,6 +118,67 @@ def toggle_samples(
             conn.close()
 
 
+# Realtime's send replaced by one that does nothing: what the sink itself costs.
+NO_OP_SEND = """
+    CREATE OR REPLACE FUNCTION realtime.send(payload jsonb, event text, topic text,
+                                             private boolean DEFAULT true)
+    RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$
+"""
+
+
+def realtime_results(bench: Bench, rows: int, toggles: int) -> list[Result]:
+    """One toggle with the broadcast sink on against the same toggle with it
+    off: installed databases with the same data and a stand-in of Supabase
+    Realtime's schema, the sink enabled in two (one of them with a send that
+    does nothing), toggled in turns."""
+    standin = resource_dir("sql").joinpath("dev", "realtime_standin.sql").read_text()
+    results = []
+    with bench.database() as off, bench.database() as on, bench.database() as no_op:
+        for dsn in (off, on, no_op):
+            prepare(dsn, rows, install=True)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(standin)
+        realtime.enable(on)
+        realtime.enable(no_op)
+        with psycopg.connect(no_op, autocommit=True) as conn:
+            conn.execute(NO_OP_SEND)
+        note = (
+            "`mpesa-sync realtime enable` against a stand-in of Realtime's schema "
+            "(realtime.send as Supabase defines it, sent as a superuser, so no RLS check "
+            "on the insert); each toggle sends one broadcast"
+        )
+        durable = toggle_samples({"on": (on, toggle), "off": (off, toggle)}, toggles)
+        cpu = toggle_samples(
+            {"on": (on, toggle), "no_op": (no_op, toggle), "off": (off, toggle)},
+            toggles,
+            durable=False,
+        )
+        results += [
+            Result(
+                name=f"one toggle at {rows:,} bars, realtime sink on vs off",
+                ours=durable["on"],
+                bare=durable["off"],
+                target=1.5,
+                note=note + "; durable commits",
+            ),
+            Result(
+                name=f"one toggle at {rows:,} bars, realtime sink on vs off, "
+                "synchronous_commit=off",
+                ours=cpu["on"],
+                bare=cpu["off"],
+                note=note + "; no wait for the WAL flush: the CPU cost alone",
+            ),
+            Result(
+                name=f"one toggle at {rows:,} bars, realtime sink with a no-op send vs off, "
+                "synchronous_commit=off",
+                ours=cpu["no_op"],
+                bare=cpu["off"],
+                note="the sink's own CPU cost: realtime.send replaced by one that does nothing",
+            ),
+        ]
+    return results
+
+
 def mixed_samples(bench: Bench, seconds: float) -> tuple[list[float], list[float]]:
     """Statements per second of the platform workload, with and without mpesa-sync."""
     ours: list[float] = []
@@ -216,6 +277,8 @@ def run(bench: Bench) -> list[Result]:
                         note="no wait for the WAL flush: the triggers' CPU cost alone",
                     )
                 )
+
+    results += realtime_results(bench, toggle_sizes[1], min(toggles, toggle_sizes[1]))
 
     seconds = MIXED_SECONDS if bench.scale == "full" else 2.0
     ours, bare = mixed_samples(bench, seconds)

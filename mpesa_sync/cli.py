@@ -53,6 +53,11 @@ COMMANDS = {
         "prune",
         "Delete status events older than --older-than, and alerts acknowledged before it.",
     ),
+    "realtime": LazyCommand(
+        "mpesa_sync.commands.realtime",
+        "realtime_group",
+        "Broadcast each status change through Supabase Realtime, with a state call for the app.",
+    ),
     "reconcile": LazyCommand(
         "mpesa_sync.commands.reconcile", "reconcile", "Fix every drifted bar, then check again."
     ),

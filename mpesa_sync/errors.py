@@ -103,6 +103,14 @@ class SubscriptionLagged(MpesaSyncError):
     """The subscriber fell more than the relay's backlog behind and was dropped."""
 
 
+class RealtimeUnavailable(MpesaSyncError):
+    """The database has no Supabase Realtime (realtime.send); nothing was changed."""
+
+
+class RealtimeRightMissing(MpesaSyncError):
+    """The role lacks a right the broadcast sink needs; nothing was changed."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message (a driver's DETAIL and HINT stay behind)."""
     text = str(exc).strip()

@@ -12,7 +12,7 @@ from psycopg import conninfo
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
-from mpesa_sync import db
+from mpesa_sync import db, realtime
 from mpesa_sync.errors import (
     HostSchemaMissing,
     MigrationError,
@@ -287,8 +287,28 @@ def rollback(dsn: str, *, count: int | None = 1) -> list[str]:
                 to_rollback = backend.to_rollback(migrations)
                 if count is not None:
                     to_rollback = to_rollback[:count]
+                if any(m.id <= _REALTIME_SINK_NEEDS for m in to_rollback):
+                    _disable_realtime(dsn)
                 _run(backend.rollback_migrations, to_rollback)
                 return [m.id for m in to_rollback]
+
+
+# `mpesa-sync realtime enable` (sql/optional/realtime_enable.sql) builds on the
+# event log of this migration and those before it; a rollback that takes out
+# any of them first takes out everything enable added.
+_REALTIME_SINK_NEEDS = "0005_mpesa_sync_retention_v1"
+
+
+def _disable_realtime(dsn: str) -> None:
+    with db.connection(dsn) as conn:
+        sink = realtime.sink_status(conn)
+        if sink.enabled or sink.policies or sink.state_call:
+            logger.info(
+                "removing the realtime broadcast first (`mpesa-sync realtime enable` "
+                "adds it again after migrate)",
+                extra={"action": "realtime_disable"},
+            )
+        realtime.disable_in(conn)
 
 
 def _apply(dsn: str) -> list[str]:

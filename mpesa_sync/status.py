@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from mpesa_sync import __version__, db
+from mpesa_sync import __version__, db, realtime
 from mpesa_sync.queries import query
 from mpesa_sync.resources import FIRST_MIGRATION, migration_ids
 
@@ -62,6 +62,7 @@ class StatusReport:
     # schema mpesa_sync with no yoyo record of installing it: an interrupted
     # install (migrate removes it when it holds no events or alerts)
     half_installed: bool = False
+    realtime: realtime.RealtimeStatus | None = None  # the broadcast sink (docs/supabase-live.md)
     version: str = field(default=__version__)
 
     @property
@@ -80,6 +81,7 @@ class StatusReport:
             "migrations": {"applied": self.applied, "pending": self.pending},
             "event_log": self.event_log.as_dict() if self.event_log else None,
             "open_alerts": self.open_alerts,
+            "realtime": self.realtime.as_dict() if self.realtime else None,
             "host_columns": [asdict(c) for c in self.host_columns],
             "history_in_public": self.history_in_public,
             "half_installed": self.half_installed,
@@ -118,6 +120,7 @@ def status(dsn: str) -> StatusReport:
         )
         if core:
             report.open_alerts = int(conn.execute(query("open_alerts")).fetchone()[0])  # type: ignore[index]
+            report.realtime = realtime.sink_status(conn)
         if event_log:
             generation, pruned, oldest, newest, events = conn.execute(
                 query("event_log_status")

@@ -10,57 +10,25 @@ download is never used.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from mpesa_sync import migrations
 from mpesa_sync.relay.app import STATIC_DIR
+from tests.support.browser import chromium
 from tests.support.database import Database
 from tests.support.http import QuietHandler, serving
 from tests.support.relay import RelayProcess, set_active
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _install_chromium() -> None:
-    """Debian's chromium package; refreshes the package lists once if needed."""
-    if CHROMIUM.exists():
-        return
-    if shutil.which("apt-get") is None:
-        pytest.fail("no /usr/bin/chromium and no apt-get to install Debian's chromium package")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    if subprocess.run(install, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, check=False)
-        result = subprocess.run(install, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"could not install chromium: {result.stderr.strip()[-500:]}")
-    assert CHROMIUM.exists()
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    _install_chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @contextmanager

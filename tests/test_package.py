@@ -94,6 +94,7 @@ def test_help_lists_every_command() -> None:
         "migrate",
         "migrations-dir",
         "prune",
+        "realtime",
         "reconcile",
         "relay",
         "rollback",
@@ -129,6 +130,9 @@ def test_the_wheel_ships_the_product_and_its_sql(wheel_names: list[str]) -> None
         "mpesa_sync/_sql/schema.sql",
         "mpesa_sync/_sql/queries/locks.sql",
         "mpesa_sync/_sql/optional/public_save_settings.sql",
+        "mpesa_sync/_sql/optional/realtime_enable.sql",
+        "mpesa_sync/_sql/optional/realtime_disable.sql",
+        "mpesa_sync/static/mpesa-status.js",
         "mpesa_sync/_migrations/0001_mpesa_sync_base.sql",
     ):
         assert name in wheel_names

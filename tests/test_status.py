@@ -55,6 +55,16 @@ def test_installed_and_current_is_exit_0(db: Database) -> None:
             "generation": log["generation"],
         },
         "open_alerts": 0,
+        "realtime": {
+            "enabled": False,
+            "topics": None,
+            "policies": 0,
+            "state_call": False,
+            "failures": 0,
+            "events_lost": 0,
+            "last_sqlstate": None,
+            "last_failed_at": None,
+        },
         "host_columns": [
             {"table": t, "column": c, "type": ty, "present": True} for t, c, ty in HOST_COLUMNS
         ],
@@ -68,6 +78,7 @@ def test_installed_and_current_is_exit_0(db: Database) -> None:
         f"migrations: {len(migration_ids())} applied, 0 pending",
         f"event log: 2 event(s) (1..2), pruned through 0, generation {log['generation']}",
         "open alerts: 0",
+        "realtime broadcast: off",
         f"host columns: all {len(HOST_COLUMNS)} present",
     ]
 

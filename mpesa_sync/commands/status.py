@@ -70,6 +70,18 @@ def _print_status(report: status_api.StatusReport) -> None:
             f"open alerts: {report.open_alerts}"
             + (" (see `mpesa-sync alerts`)" if report.open_alerts else "")
         )
+    sink = report.realtime
+    if sink is not None:
+        if sink.enabled:
+            click.echo(
+                f"realtime broadcast: on ({sink.topics} topics), "
+                f"{sink.failures} failed send(s), {sink.events_lost} event(s) not sent"
+            )
+        else:
+            leftover = " (policies or state call left: run `mpesa-sync realtime disable`)"
+            click.echo(
+                "realtime broadcast: off" + (leftover if sink.policies or sink.state_call else "")
+            )
     missing = report.missing_columns
     if missing:
         names = ", ".join(f"{c.table}.{c.column} ({c.type})" for c in missing)

@@ -121,8 +121,10 @@ def _docker() -> Server | None:
 
 
 def _own_cluster(label: str, bindir: Path) -> Server:
-    # Prepared transactions on, for the tests of PREPARE TRANSACTION.
-    cluster = Cluster(bindir, settings={"max_prepared_transactions": "10"}).start()
+    # Prepared transactions on, for the tests of PREPARE TRANSACTION; logical
+    # decoding, for the test that reads the realtime sink's inserts from the WAL.
+    settings = {"max_prepared_transactions": "10", "wal_level": "logical"}
+    cluster = Cluster(bindir, settings=settings).start()
     return Server(
         label + f"-pg{cluster.version}" if label == "embedded" else label,
         cluster.dsn("{dbname}"),
