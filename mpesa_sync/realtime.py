@@ -80,6 +80,11 @@ def enable(dsn: str, *, public: bool = False) -> RealtimeStatus:
         try:
             with conn.transaction():
                 conn.execute(_sql("realtime_enable.sql"))
+        except psycopg.errors.DuplicateSchema as exc:
+            raise RealtimeRightMissing(
+                f"role {role} may not use schema mpesa_sync_live ({first_line(exc)}); "
+                "drop it or have its owner enable the sink; nothing was changed"
+            ) from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             raise RealtimeRightMissing(
                 f"role {role} may not create policies on realtime.messages "

@@ -3,8 +3,11 @@ PostgreSQL with a stand-in of Supabase Realtime's schema
 (sql/dev/realtime_standin.sql): what the sink sends and when, its
 faults, the RLS policy as Realtime checks it, the state call, and the CLI.
 
-The sink is enabled, as on Supabase, by a role that is no superuser
-(tests/support/realtime.py, ``sink_owner``).
+The tests run in the suite's managed-host mode: the sink is enabled, as on
+Supabase, by the table owner who is no superuser (``db.dsn``), and Realtime's
+schema is made by the superuser, as Supabase's admin makes it
+(tests/support/realtime.py); what Realtime itself does (its authorisation
+of a join, its WAL reader, a broken Realtime) runs as the superuser.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -23,7 +25,7 @@ from psycopg import errors
 from mpesa_sync import migrations, realtime
 from tests.support.cli import assert_one_line_error, run_cli
 from tests.support.database import Database
-from tests.support.realtime import install_standin, messages, sink_owner
+from tests.support.realtime import install_standin, messages
 from tests.support.relay import set_active
 
 SHORTCODE = "600126"
@@ -31,11 +33,11 @@ PAYLOAD_KEYS = {"bar_id", "mpesa_enabled", "event_id", "generation", "at", "id"}
 
 
 @pytest.fixture
-def owner(db: Database) -> Iterator[str]:
-    """The DSN of a sink owner who is no superuser, on a database with Realtime."""
+def owner(db: Database) -> str:
+    """The DSN of the table owner who is no superuser, on a database with Realtime."""
+    assert db.role == "owner"
     install_standin(db)
-    with sink_owner(db) as dsn:
-        yield dsn
+    return db.dsn
 
 
 @pytest.fixture
@@ -59,7 +61,8 @@ def sink_objects(db: Database) -> dict[str, Any]:
     """Everything enable makes, as present or not."""
     return db.query(
         """SELECT to_regprocedure('public.mpesa_status(uuid)') IS NOT NULL AS state_call,
-                  to_regprocedure('mpesa_sync.log_position_v1()') IS NOT NULL AS position,
+                  to_regnamespace('mpesa_sync_live') IS NOT NULL AS live_schema,
+                  to_regprocedure('mpesa_sync_live.log_position_v1()') IS NOT NULL AS position,
                   to_regprocedure('mpesa_sync.broadcast_status_events_v1()') IS NOT NULL AS sink,
                   to_regclass('mpesa_sync.realtime_sink_v1') IS NOT NULL AS counters,
                   (SELECT count(*) FROM pg_trigger
@@ -71,6 +74,7 @@ def sink_objects(db: Database) -> dict[str, Any]:
 
 NOTHING = {
     "state_call": False,
+    "live_schema": False,
     "position": False,
     "sink": False,
     "counters": False,
@@ -142,7 +146,8 @@ def test_commit_order_in_the_wal_is_event_id_order_under_concurrent_writers(
         pytest.fail("this server runs without wal_level = logical (tests/support/servers.py)")
     bars = [bar_with_credentials(db) for _ in range(6)]
     slot = f"mpesa_{uuid.uuid4().hex[:8]}"
-    db.scalar("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
+    admin = db.admin_connect()  # Realtime's WAL reader: a replication slot needs the right
+    admin.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
     try:
         failures: list[BaseException] = []
 
@@ -174,22 +179,22 @@ def test_commit_order_in_the_wal_is_event_id_order_under_concurrent_writers(
         # The slot decodes only flushed WAL, and the suite's clusters commit
         # with synchronous_commit off: one durable commit that writes WAL (a
         # logical message) flushes all before it.
-        with db.connect() as conn:
-            conn.execute("SET synchronous_commit = on")
-            conn.execute("SELECT pg_logical_emit_message(true, 'mpesa_sync_test', 'flush')")
-        changes = db.query(
+        admin.execute("SET synchronous_commit = on")
+        admin.execute("SELECT pg_logical_emit_message(true, 'mpesa_sync_test', 'flush')")
+        changes = admin.execute(
             "SELECT data FROM pg_logical_slot_get_changes(%s, NULL, NULL,"
             " 'include-xids', '0', 'skip-empty-xacts', '1')",
             (slot,),
-        )
+        ).fetchall()
     finally:
-        db.scalar("SELECT pg_drop_replication_slot(%s)", (slot,))
+        admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        admin.close()
 
     inserted = re.compile(r"^table realtime\.messages_\w+: INSERT: .*payload\[jsonb\]:'(.*?)' ")
     decoded = [
         json.loads(match.group(1).replace("''", "'"))
-        for row in changes
-        if (match := inserted.match(row["data"]))
+        for (data,) in changes
+        if (match := inserted.match(data))
     ]
     events = db.events()
     assert len(events) > 0
@@ -207,12 +212,13 @@ def test_commit_order_in_the_wal_is_event_id_order_under_concurrent_writers(
 
 def test_a_send_that_raises_fails_no_write_and_raises_one_alert(db: Database, live: str) -> None:
     bar = bar_with_credentials(db)
-    db.execute(
-        """CREATE OR REPLACE FUNCTION realtime.send(payload jsonb, event text, topic text,
-                                                   private boolean DEFAULT true)
-           RETURNS void LANGUAGE plpgsql AS $$
-           BEGIN RAISE EXCEPTION 'realtime is down' USING ERRCODE = 'XX000'; END $$"""
-    )
+    with db.admin_connect() as admin:  # Realtime is its admin's to break
+        admin.execute(
+            """CREATE OR REPLACE FUNCTION realtime.send(payload jsonb, event text, topic text,
+                                                      private boolean DEFAULT true)
+              RETURNS void LANGUAGE plpgsql AS $$
+              BEGIN RAISE EXCEPTION 'realtime is down' USING ERRCODE = 'XX000'; END $$"""
+        )
     set_active(db, bar, True)
     set_active(db, bar, False)
     assert db.enabled(bar) is False and db.drift() == []
@@ -243,7 +249,8 @@ def test_a_send_that_raises_fails_no_write_and_raises_one_alert(db: Database, li
 
 def test_a_missing_realtime_schema_fails_no_write(db: Database, live: str) -> None:
     bar = bar_with_credentials(db)
-    db.execute("DROP SCHEMA realtime CASCADE")
+    with db.admin_connect() as admin:
+        admin.execute("DROP SCHEMA realtime CASCADE")
     set_active(db, bar, True)
     assert db.enabled(bar) is True and db.drift() == []
     assert [e["mpesa_enabled"] for e in db.events()] == [True]
@@ -268,7 +275,7 @@ def can_receive(
     """Realtime's read check for a private channel: as its superuser, insert
     a row for the topic; then, as the subscriber's role with realtime.topic
     and the JWT claims set, select it back; roll back."""
-    with db.connect(autocommit=False) as conn:
+    with db.admin_connect(autocommit=False) as conn:
         row_id = conn.execute(
             "INSERT INTO realtime.messages (topic, extension) VALUES (%s, %s) RETURNING id",
             (row_topic or topic, extension),
@@ -286,7 +293,7 @@ def can_receive(
 
 def can_send(db: Database, role: str, topic: str) -> bool:
     """Realtime's write check: insert as the role, in a savepoint."""
-    with db.connect(autocommit=False) as conn:
+    with db.admin_connect(autocommit=False) as conn:
         conn.execute(
             "SELECT set_config('role', %s, true), set_config('realtime.topic', %s, true)",
             (role, topic),
@@ -303,30 +310,30 @@ def can_send(db: Database, role: str, topic: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("role", ["anon", "authenticated"])
+@pytest.mark.parametrize("api_role", ["anon", "authenticated"])
 def test_customers_receive_mpesa_status_topics_and_nothing_else(
-    db: Database, live: str, role: str
+    db: Database, live: str, api_role: str
 ) -> None:
     ours = f"mpesa_status:{uuid.uuid4()}"
-    assert can_receive(db, role, ours)
-    assert not can_receive(db, role, ours, extension="presence")
-    assert not can_receive(db, role, "orders:1")
-    assert not can_receive(db, role, "mpesa-status:1")  # an underscore is no wildcard
-    assert not can_receive(db, role, "xmpesa_status:1")
-    assert not can_receive(db, role, ours, row_topic=f"mpesa_status:{uuid.uuid4()}")
-    assert not can_send(db, role, ours)
+    assert can_receive(db, api_role, ours)
+    assert not can_receive(db, api_role, ours, extension="presence")
+    assert not can_receive(db, api_role, "orders:1")
+    assert not can_receive(db, api_role, "mpesa-status:1")  # an underscore is no wildcard
+    assert not can_receive(db, api_role, "xmpesa_status:1")
+    assert not can_receive(db, api_role, ours, row_topic=f"mpesa_status:{uuid.uuid4()}")
+    assert not can_send(db, api_role, ours)
     # what the sink sent is what a subscriber of that topic may read
     bar = bar_with_credentials(db)
     set_active(db, bar, True)
-    with db.connect(autocommit=False) as conn:
+    with db.admin_connect(autocommit=False) as conn:
         conn.execute(
             "SELECT set_config('role', %s, true), set_config('realtime.topic', %s, true)",
-            (role, f"mpesa_status:{bar}"),
+            (api_role, f"mpesa_status:{bar}"),
         )
         rows = conn.execute("SELECT payload FROM realtime.messages").fetchall()
     assert [r[0]["bar_id"] for r in rows] == [str(bar)]
     realtime.disable(live)
-    assert not can_receive(db, role, ours)
+    assert not can_receive(db, api_role, ours)
 
 
 # -- the state call ----------------------------------------------------------------------
@@ -389,14 +396,16 @@ def test_no_security_definer_function_is_exposed_and_every_one_pins_its_search_p
     db: Database, live: str
 ) -> None:
     """What Supabase's linter checks (splinter 0011, 0028, 0029): our
-    functions in the API's schema (public) are SECURITY INVOKER, and every
-    function enable makes has a fixed search_path."""
+    functions in the API's schema (public) are SECURITY INVOKER, the one the
+    customer roles may call with its owner's rights is alone in a schema of
+    its own, and every function enable makes has a fixed search_path
+    (tests/test_managed_host.py runs the lints themselves)."""
     rows = db.query(
         """SELECT n.nspname, p.proname, p.prosecdef,
                   coalesce(array_to_string(p.proconfig, ','), '') LIKE '%%search_path=%%' AS pinned
            FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
            WHERE p.oid IN ('public.mpesa_status(uuid)'::regprocedure,
-                           'mpesa_sync.log_position_v1()'::regprocedure,
+                           'mpesa_sync_live.log_position_v1()'::regprocedure,
                            'mpesa_sync.broadcast_status_events_v1()'::regprocedure,
                            'mpesa_sync.realtime_send_failed_v1(text, text, bigint)'::regprocedure)
            ORDER BY 1, 2"""
@@ -404,10 +413,23 @@ def test_no_security_definer_function_is_exposed_and_every_one_pins_its_search_p
     assert all(r["pinned"] for r in rows)
     assert [(r["nspname"], r["proname"]) for r in rows if r["prosecdef"]] == [
         ("mpesa_sync", "broadcast_status_events_v1"),
-        ("mpesa_sync", "log_position_v1"),
         ("mpesa_sync", "realtime_send_failed_v1"),
+        ("mpesa_sync_live", "log_position_v1"),
     ]
     assert [r["prosecdef"] for r in rows if r["nspname"] == "public"] == [False]
+    assert db.query(
+        """SELECT c.relname FROM pg_class AS c
+           WHERE c.relnamespace = 'mpesa_sync_live'::regnamespace
+           UNION ALL
+           SELECT p.proname FROM pg_proc AS p
+           WHERE p.pronamespace = 'mpesa_sync_live'::regnamespace"""
+    ) == [{"relname": "log_position_v1"}]
+    for api_role in ("anon", "authenticated"):
+        assert not db.scalar("SELECT has_schema_privilege(%s, 'mpesa_sync', 'USAGE')", (api_role,))
+        assert db.scalar(
+            "SELECT has_function_privilege(%s, 'mpesa_sync_live.log_position_v1()', 'EXECUTE')",
+            (api_role,),
+        )
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -420,6 +442,7 @@ def test_enable_and_disable_from_the_command_line(db: Database, owner: str) -> N
     assert run_cli("realtime", "enable", "--dsn", owner).code == 0
     assert sink_objects(db) == {
         "state_call": True,
+        "live_schema": True,
         "position": True,
         "sink": True,
         "counters": True,
@@ -441,7 +464,8 @@ def test_enable_without_realtime_changes_nothing(db: Database) -> None:
     assert result.code == 2
     assert_one_line_error(result.stderr, "no realtime schema")
     install_standin(db)
-    db.execute("DROP FUNCTION realtime.send(jsonb, text, text, boolean)")
+    with db.admin_connect() as admin:
+        admin.execute("DROP FUNCTION realtime.send(jsonb, text, text, boolean)")
     result = run_cli("realtime", "enable", "--dsn", db.dsn)
     assert result.code == 2
     assert_one_line_error(result.stderr, "no realtime.send(jsonb, text, text, boolean)")
@@ -449,22 +473,46 @@ def test_enable_without_realtime_changes_nothing(db: Database) -> None:
 
 
 @pytest.mark.parametrize(
-    ("rights", "needle"),
+    ("insert_right", "needle"),
     [
-        ({"policy_rights": False}, "may not create policies on realtime.messages"),
-        # Supabase today: policies through supautils, not as a member of the owner
-        ({"policy_rights": False, "insert_right": False}, "lacks INSERT on realtime.messages"),
+        (True, "may not create policies on realtime.messages"),
+        (False, "lacks INSERT on realtime.messages"),
     ],
 )
 def test_enable_names_a_missing_right_and_changes_nothing(
-    db: Database, rights: dict[str, bool], needle: str
+    db: Database, owner: str, insert_right: bool, needle: str
 ) -> None:
-    install_standin(db)
-    with sink_owner(db, **rights) as dsn:
-        result = run_cli("realtime", "enable", "--dsn", dsn)
-        assert result.code == 2
-        assert_one_line_error(result.stderr, needle)
-        assert sink_objects(db) == NOTHING
+    """A Realtime whose messages table belongs to a role the owner is not a
+    member of (Supabase with supautils' policy grants, here without them, so
+    no policy may be made), and that may also grant the owner no INSERT
+    there (not through anon, authenticated or service_role either)."""
+    with db.admin_connect() as admin:
+        admin.execute("ALTER TABLE realtime.messages OWNER TO CURRENT_USER")
+        if not insert_right:
+            admin.execute(
+                "REVOKE INSERT ON realtime.messages FROM anon, authenticated, service_role"
+            )
+    reach = db.query(
+        """SELECT pg_has_role('supabase_realtime_admin', 'MEMBER') AS member,
+                  has_table_privilege('realtime.messages', 'INSERT') AS insert"""
+    )
+    assert reach == [{"member": True, "insert": insert_right}]  # the owner of send, not messages
+    result = run_cli("realtime", "enable", "--dsn", owner)
+    assert result.code == 2
+    assert_one_line_error(result.stderr, needle)
+    assert sink_objects(db) == NOTHING
+
+
+def test_enable_refuses_a_live_schema_of_another_role(db: Database, owner: str) -> None:
+    """mpesa_sync_live holds a function that runs with the owner's rights:
+    enable puts it in no schema another role made."""
+    with db.admin_connect() as admin:
+        admin.execute("CREATE SCHEMA mpesa_sync_live")
+        admin.execute("GRANT CREATE, USAGE ON SCHEMA mpesa_sync_live TO PUBLIC")
+    result = run_cli("realtime", "enable", "--dsn", owner)
+    assert result.code == 2
+    assert_one_line_error(result.stderr, "may not use schema mpesa_sync_live")
+    assert {**sink_objects(db), "live_schema": False} == NOTHING
 
 
 def test_rollback_all_removes_everything_enable_added(db: Database, live: str) -> None:
@@ -472,8 +520,9 @@ def test_rollback_all_removes_everything_enable_added(db: Database, live: str) -
     assert db.query(
         """SELECT to_regprocedure('public.mpesa_status(uuid)') AS state_call,
                   to_regnamespace('mpesa_sync') AS schema,
+                  to_regnamespace('mpesa_sync_live') AS live_schema,
                   (SELECT count(*) FROM pg_policy WHERE polname LIKE 'mpesa_sync%%') AS policies"""
-    ) == [{"state_call": None, "schema": None, "policies": 0}]
+    ) == [{"state_call": None, "schema": None, "live_schema": None, "policies": 0}]
     migrations.migrate(db.dsn)
     bar = bar_with_credentials(db)
     set_active(db, bar, True)
@@ -494,11 +543,12 @@ def test_the_sink_state_reads_without_rights_on_realtime(db: Database, live: str
     """status asks about the policies from the catalogs: a role without USAGE
     on schema realtime (a monitor) can still read the sink's state."""
     monitor = f"mpesa_monitor_{uuid.uuid4().hex[:10]}"
-    db.execute(f"CREATE ROLE {monitor}")
+    admin = db.admin_connect()  # a cluster-wide role, made and dropped by the admin
+    admin.execute(f"CREATE ROLE {monitor}")
     try:
-        db.execute(f"GRANT USAGE ON SCHEMA mpesa_sync TO {monitor}")
-        db.execute(f"GRANT SELECT ON mpesa_sync.realtime_sink_v1 TO {monitor}")
-        with db.connect(autocommit=False) as conn:
+        admin.execute(f"GRANT USAGE ON SCHEMA mpesa_sync TO {monitor}")
+        admin.execute(f"GRANT SELECT ON mpesa_sync.realtime_sink_v1 TO {monitor}")
+        with db.admin_connect(autocommit=False) as conn:
             conn.execute(f"SET LOCAL ROLE {monitor}")
             with pytest.raises(errors.InsufficientPrivilege), conn.transaction():
                 conn.execute("SELECT to_regclass('realtime.messages')")
@@ -511,5 +561,6 @@ def test_the_sink_state_reads_without_rights_on_realtime(db: Database, live: str
             True,
         )
     finally:
-        db.execute(f"DROP OWNED BY {monitor}")
-        db.execute(f"DROP ROLE {monitor}")
+        admin.execute(f"DROP OWNED BY {monitor}")
+        admin.execute(f"DROP ROLE {monitor}")
+        admin.close()

@@ -22,7 +22,7 @@ from mpesa_sync import migrations, realtime
 from mpesa_sync.resources import migration_ids
 from tests.support.browser import chromium
 from tests.support.database import Database
-from tests.support.realtime import install_standin, sink_owner
+from tests.support.realtime import install_standin
 from tests.support.realtime_server import JS_DIR, SUPABASE_UMD, RealtimeStandIn, realtime_standin
 from tests.support.relay import set_active
 from tests.support.waiting import wait_for
@@ -56,12 +56,12 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def live(db: Database) -> Iterator[str]:
-    """Realtime's schema and the sink enabled by an owner who is no superuser."""
+def live(db: Database) -> str:
+    """Realtime's schema and the sink enabled by the owner who is no superuser."""
+    assert db.role == "owner"
     install_standin(db)
-    with sink_owner(db) as owner:
-        realtime.enable(owner)
-        yield owner
+    realtime.enable(db.dsn)
+    return db.dsn
 
 
 class Watch:

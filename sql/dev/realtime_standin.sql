@@ -10,7 +10,23 @@
 --   20260605120000_rename_broadcast_send_warning   realtime.send as it is now
 --   20260707120000_restrict_realtime_schema        owners: supabase_realtime_admin
 -- Realtime itself creates the daily partitions ahead of time (send no longer
--- does); here: yesterday, today and the next two days. Run as a superuser.
+-- does); here: yesterday, today and the next two days. Run as a superuser
+-- (Supabase's admin makes and owns schema realtime, not the project's owner).
+--
+-- What Supabase's `postgres` (the table owner who is no superuser) holds on
+-- Realtime, given here to the database's owner when that role is no
+-- superuser (the tests' managed-host owner; a superuser needs nothing), as
+-- 20260606120000_setup_supabase_realtime_admin leaves it on a server whose
+-- supautils.policy_grants does not name realtime (none here):
+--   USAGE on schema realtime WITH GRANT OPTION, and no CREATE on it;
+--   membership in supabase_realtime_admin, the owner of realtime.messages,
+--   send and topic: how postgres manages policies there, and with it every
+--   right on those objects (INSERT on realtime.messages included).
+-- Assumed: that membership is what a project without supautils' policy
+-- grants has (20260630120000_restrict_realtime_schema revokes it only where
+-- supautils grants policies instead); and postgres is a member of anon,
+-- authenticated and service_role, as the tests' owner is
+-- (tests/support/database.py), so it also holds what they are granted.
 
 -- Cluster-wide roles: made when missing, tolerating a concurrent maker.
 DO $$
@@ -111,3 +127,26 @@ LANGUAGE plpgsql;
 ALTER TABLE realtime.messages OWNER TO supabase_realtime_admin;
 ALTER FUNCTION realtime.topic() OWNER TO supabase_realtime_admin;
 ALTER FUNCTION realtime.send(jsonb, text, text, boolean) OWNER TO supabase_realtime_admin;
+
+-- The database's owner, when it is no superuser, stands for Supabase's postgres.
+DO $$
+DECLARE
+    v_owner name;
+BEGIN
+    SELECT r.rolname INTO v_owner
+    FROM pg_catalog.pg_database AS d
+    JOIN pg_catalog.pg_roles AS r ON r.oid = d.datdba
+    WHERE d.datname = current_database() AND NOT r.rolsuper;
+    IF v_owner IS NOT NULL THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA realtime TO %I WITH GRANT OPTION', v_owner);
+        EXECUTE format('REVOKE CREATE ON SCHEMA realtime FROM %I', v_owner);
+        IF NOT pg_catalog.pg_has_role(v_owner, 'supabase_realtime_admin', 'MEMBER') THEN
+            BEGIN  -- cluster-wide, like the roles above: tolerate a concurrent grant
+                EXECUTE format('GRANT supabase_realtime_admin TO %I', v_owner);
+            EXCEPTION WHEN unique_violation OR duplicate_object THEN
+                NULL;
+            END;
+        END IF;
+    END IF;
+END
+$$;

@@ -2,13 +2,16 @@
 -- one transaction, and so does `mpesa-sync rollback` before it takes out a
 -- migration the sink reads. Running it when nothing is enabled changes nothing;
 -- so does running it on a database without a realtime schema (only its policies
--- live there).
+-- live there). It drops schema mpesa_sync_live with the one function enable
+-- put there, and with it the only grants enable gave anon and authenticated
+-- (it gave them nothing on schema mpesa_sync, so there is nothing to revoke).
 
 DROP TRIGGER IF EXISTS mpesa_sync_broadcast_v1 ON mpesa_sync.status_events;
 DROP FUNCTION IF EXISTS mpesa_sync.broadcast_status_events_v1();
 DROP FUNCTION IF EXISTS mpesa_sync.realtime_send_failed_v1(text, text, bigint);
 DROP FUNCTION IF EXISTS public.mpesa_status(uuid);
-DROP FUNCTION IF EXISTS mpesa_sync.log_position_v1();
+DROP FUNCTION IF EXISTS mpesa_sync_live.log_position_v1();
+DROP SCHEMA IF EXISTS mpesa_sync_live;
 DROP TABLE IF EXISTS mpesa_sync.realtime_sink_v1;
 
 -- Looked up in the catalogs, which anyone may read: a role without USAGE on

@@ -14,8 +14,14 @@
 --   mpesa_sync.broadcast_status_events_v1()   the sink: sends each committed status event
 --   trigger mpesa_sync_broadcast_v1           on mpesa_sync.status_events
 --   policies mpesa_sync_status_receive_v1 and mpesa_sync_status_send_v1 on realtime.messages
---   mpesa_sync.log_position_v1()              the event log's generation and newest event id
+--   schema mpesa_sync_live                    holds nothing but log_position_v1
+--   mpesa_sync_live.log_position_v1()         the event log's generation and newest event id
 --   public.mpesa_status(uuid)                 the state call for the customer app
+--
+-- It grants anon and authenticated nothing on schema mpesa_sync (migration
+-- 0006 closed it to them): the state call reaches the log's position through
+-- mpesa_sync_live, a schema of its own that the Supabase API must never serve
+-- (docs/supabase-live.md).
 
 -- The sink's own state ----------------------------------------------------------------
 
@@ -187,10 +193,30 @@ CREATE POLICY mpesa_sync_status_send_v1 ON realtime.messages
 -- The event log's generation and its newest event id, read in the caller's
 -- snapshot (STABLE). Event ids are handed out at commit in commit order, so
 -- every event up to that id is visible in the same snapshot, and whatever
--- else the caller reads in it reflects them all. SECURITY DEFINER in a schema
--- the Supabase API does not serve: the customer roles may call it, and learn
--- only two numbers about the whole log.
-CREATE OR REPLACE FUNCTION mpesa_sync.log_position_v1()
+-- else the caller reads in it reflects them all. SECURITY DEFINER, so that
+-- the customer roles learn those two numbers about the whole log and nothing
+-- else of schema mpesa_sync, which they may not use. It lives in a schema of
+-- its own, mpesa_sync_live, holding no table and nothing else: a schema the
+-- Supabase API does not serve, so no linter finding (0028/0029 flag a
+-- SECURITY DEFINER function that anon or authenticated may call in an exposed
+-- schema), and one that opening mpesa_sync to the API (docs/supabase.md) does
+-- not expose either. Never add mpesa_sync_live to the exposed schemas.
+CREATE SCHEMA IF NOT EXISTS mpesa_sync_live;
+DO $$
+BEGIN
+    -- made by another role, it is not ours to put a SECURITY DEFINER function in
+    IF NOT pg_catalog.pg_has_role(
+        (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'mpesa_sync_live'),
+        'USAGE'
+    ) THEN
+        RAISE EXCEPTION 'schema mpesa_sync_live exists and belongs to another role'
+            USING ERRCODE = 'duplicate_schema';
+    END IF;
+END
+$$;
+REVOKE ALL ON SCHEMA mpesa_sync_live FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION mpesa_sync_live.log_position_v1()
 RETURNS TABLE (generation uuid, event_id bigint)
 LANGUAGE sql
 STABLE
@@ -227,7 +253,7 @@ AS $$
         'event_id', p.event_id
     )
     FROM public.bars AS b
-    CROSS JOIN mpesa_sync.log_position_v1() AS p
+    CROSS JOIN mpesa_sync_live.log_position_v1() AS p
     WHERE b.id = p_bar_id
 $$;
 
@@ -235,11 +261,11 @@ $$;
 
 -- Everything here is the owner's, but the state call and the log position
 -- for the customer roles where they exist (Supabase's default privileges
--- would grant more: revoked first, by name).
+-- would grant more: revoked first, by name). Nothing on schema mpesa_sync.
 REVOKE ALL ON TABLE mpesa_sync.realtime_sink_v1 FROM PUBLIC;
 REVOKE ALL ON FUNCTION mpesa_sync.realtime_send_failed_v1(text, text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION mpesa_sync.broadcast_status_events_v1() FROM PUBLIC;
-REVOKE ALL ON FUNCTION mpesa_sync.log_position_v1() FROM PUBLIC;
+REVOKE ALL ON FUNCTION mpesa_sync_live.log_position_v1() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.mpesa_status(uuid) FROM PUBLIC;
 
 DO $$
@@ -248,9 +274,6 @@ DECLARE
 BEGIN
     FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
         IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
-            -- the state call reaches log_position_v1 in schema mpesa_sync
-            -- (0002 grants the same to anon and authenticated)
-            EXECUTE format('GRANT USAGE ON SCHEMA mpesa_sync TO %I', v_role);
             EXECUTE format(
                 'REVOKE ALL ON TABLE mpesa_sync.realtime_sink_v1 FROM %I', v_role
             );
@@ -259,8 +282,10 @@ BEGIN
                 ' mpesa_sync.broadcast_status_events_v1() FROM %I',
                 v_role
             );
+            -- the state call reaches log_position_v1 in schema mpesa_sync_live
+            EXECUTE format('GRANT USAGE ON SCHEMA mpesa_sync_live TO %I', v_role);
             EXECUTE format(
-                'GRANT EXECUTE ON FUNCTION mpesa_sync.log_position_v1(),'
+                'GRANT EXECUTE ON FUNCTION mpesa_sync_live.log_position_v1(),'
                 ' public.mpesa_status(uuid) TO %I',
                 v_role
             );
