@@ -21,6 +21,7 @@ from mpesa_sync.resources import resource_dir
 from tests.support.catalog import describe
 from tests.support.cli import assert_one_line_error, run_cli
 from tests.support.database import OWNER, Database, fresh_database, templates
+from tests.support.realtime import install_standin
 from tests.support.servers import Server
 from tests.support.writers import TOGGLE
 
@@ -104,36 +105,47 @@ def test_customers_reading_payment_options_is_what_the_docs_say(db: Database, ex
 
 # -- What each API role can reach ----------------------------------------------------
 
+# What each API role can reach in the schemas named (LIKE patterns): by
+# default every schema of ours (mpesa_sync, mpesa_sync_yoyo, and
+# mpesa_sync_live while the realtime sink is on).
 REACH = """
+    WITH schemas AS (
+        SELECT n.oid, n.nspname
+        FROM pg_namespace AS n
+        WHERE n.nspname LIKE ANY (%(schemas)s)
+    )
     SELECT r.role, x.kind, x.object
     FROM (VALUES ('anon'), ('authenticated'), ('service_role')) AS r (role)
     CROSS JOIN LATERAL (
-        SELECT 'schema' AS kind, n.nspname::text AS object
-        FROM pg_namespace AS n
-        WHERE n.nspname IN ('mpesa_sync', 'mpesa_sync_yoyo')
-          AND has_schema_privilege(r.role, n.oid, 'USAGE')
+        SELECT 'schema' AS kind, s.nspname::text AS object
+        FROM schemas AS s
+        WHERE has_schema_privilege(r.role, s.oid, 'USAGE')
         UNION ALL
         SELECT 'read', c.oid::regclass::text
         FROM pg_class AS c
-        WHERE c.relnamespace IN ('mpesa_sync'::regnamespace, 'mpesa_sync_yoyo'::regnamespace)
+        WHERE c.relnamespace IN (SELECT oid FROM schemas)
           AND c.relkind IN ('r', 'v', 'm', 'p')
           AND has_table_privilege(r.role, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
         UNION ALL
         SELECT 'call', p.oid::regprocedure::text
         FROM pg_proc AS p
-        WHERE p.pronamespace = 'mpesa_sync'::regnamespace
+        WHERE p.pronamespace IN (SELECT oid FROM schemas)
           AND has_function_privilege(r.role, p.oid, 'EXECUTE')
     ) AS x
     ORDER BY 1, 2, 3
 """
+OURS = ["mpesa\\_sync", "mpesa\\_sync\\_%"]
+
+
+def reach(db: Database, schemas: list[str] = OURS) -> list[tuple[Any, ...]]:
+    return [tuple(r.values()) for r in db.query(REACH, {"schemas": schemas})]
 
 
 SAVE_SETTINGS_ARGS = "uuid,text,text,bytea,bytea,bytea,boolean"
 
 
 def test_what_each_api_role_can_reach(db: Database) -> None:
-    reach = [tuple(r.values()) for r in db.query(REACH)]
-    assert reach == [
+    assert reach(db) == [
         ("service_role", "call", f"mpesa_sync.save_settings({SAVE_SETTINGS_ARGS})"),
         ("service_role", "read", "mpesa_sync.payment_options"),
         ("service_role", "schema", "mpesa_sync"),
@@ -150,6 +162,54 @@ def test_what_each_api_role_can_reach(db: Database) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
     assert db.scalar("SELECT to_regclass('public._yoyo_migration')") is None
+
+
+# -- The realtime sink (sql/optional/realtime_enable.sql) ------------------------------
+
+API_ROLES = ("anon", "authenticated", "service_role")
+POLICIES = """
+    SELECT p.polname, p.polcmd, p.polroles::regrole[]::text AS roles
+    FROM pg_policy AS p
+    WHERE p.polrelid = 'realtime.messages'::regclass
+    ORDER BY 1
+"""
+
+
+@EXPOSURES
+def test_the_realtime_sink_adds_no_lint_finding_and_disable_undoes_enable(
+    db: Database, exposed: str
+) -> None:
+    """On a database with Realtime, `realtime enable` (as the owner who is
+    no superuser) adds no finding of Supabase's linter, opens to the API
+    roles the state call and the log position in mpesa_sync_live and nothing
+    else (not schema mpesa_sync, which 0006 closed), and `realtime disable`
+    leaves exactly what they could reach before."""
+    install_standin(db)
+    everywhere = [*OURS, "public", "realtime"]
+    lints, reached, policies = findings(db, exposed), reach(db, everywhere), db.query(POLICIES)
+    assert ("anon", "schema", "mpesa_sync") not in reached  # 0006 closed it
+
+    on = run_cli("realtime", "enable", "--dsn", db.dsn)
+    assert on.code == 0, on.stderr
+    assert findings(db, exposed) - lints == set()
+    now = reach(db, everywhere)
+    assert set(reached) <= set(now)
+    assert set(now) - set(reached) == {
+        (role, kind, name)
+        for role in API_ROLES
+        for kind, name in (
+            ("schema", "mpesa_sync_live"),
+            ("call", "mpesa_sync_live.log_position_v1()"),
+            ("call", "mpesa_status(uuid)"),  # in public, on the search_path
+        )
+    }
+    assert len(db.query(POLICIES)) == len(policies) + 2
+
+    off = run_cli("realtime", "disable", "--dsn", db.dsn)
+    assert off.code == 0, off.stderr
+    assert reach(db, everywhere) == reached
+    assert db.query(POLICIES) == policies
+    assert findings(db, exposed) == lints
 
 
 # -- One end state for every install --------------------------------------------------
