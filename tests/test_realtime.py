@@ -513,6 +513,9 @@ def test_enable_refuses_a_live_schema_of_another_role(db: Database, owner: str) 
     assert result.code == 2
     assert_one_line_error(result.stderr, "may not use schema mpesa_sync_live")
     assert {**sink_objects(db), "live_schema": False} == NOTHING
+    # nor does disable (or rollback) take it away, or fail on it
+    assert run_cli("realtime", "disable", "--dsn", owner).code == 0
+    assert sink_objects(db)["live_schema"] is True
 
 
 def test_rollback_all_removes_everything_enable_added(db: Database, live: str) -> None:

@@ -10,8 +10,20 @@ DROP TRIGGER IF EXISTS mpesa_sync_broadcast_v1 ON mpesa_sync.status_events;
 DROP FUNCTION IF EXISTS mpesa_sync.broadcast_status_events_v1();
 DROP FUNCTION IF EXISTS mpesa_sync.realtime_send_failed_v1(text, text, bigint);
 DROP FUNCTION IF EXISTS public.mpesa_status(uuid);
-DROP FUNCTION IF EXISTS mpesa_sync_live.log_position_v1();
-DROP SCHEMA IF EXISTS mpesa_sync_live;
+
+-- Schema mpesa_sync_live and its function, when they are ours: enable refuses
+-- a mpesa_sync_live another role made, and disable leaves such a one alone.
+DO $$
+BEGIN
+    IF pg_catalog.pg_has_role(
+        (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'mpesa_sync_live'),
+        'USAGE'
+    ) THEN
+        DROP FUNCTION IF EXISTS mpesa_sync_live.log_position_v1();
+        DROP SCHEMA mpesa_sync_live;
+    END IF;
+END
+$$;
 DROP TABLE IF EXISTS mpesa_sync.realtime_sink_v1;
 
 -- Looked up in the catalogs, which anyone may read: a role without USAGE on
