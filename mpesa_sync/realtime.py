@@ -3,7 +3,7 @@
 The SQL is ``sql/optional/realtime_enable.sql`` and ``realtime_disable.sql``;
 this module checks what the sink needs before it runs the first, runs each in
 one transaction, and reads the sink's state for ``status``
-(docs/supabase-live.md).
+(docs/supabase.md#live-status-in-the-customer-app).
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ class StatusReport:
     # schema mpesa_sync with no yoyo record of installing it: an interrupted
     # install (migrate removes it when it holds no events or alerts)
     half_installed: bool = False
-    realtime: realtime.RealtimeStatus | None = None  # the broadcast sink (docs/supabase-live.md)
+    # the broadcast sink (docs/supabase.md, "Live status in the customer app")
+    realtime: realtime.RealtimeStatus | None = None
     version: str = field(default=__version__)
 
     @property

@@ -2,7 +2,7 @@
 -- for Supabase Realtime. `mpesa-sync realtime enable [--public]` runs this file
 -- in one transaction, as the role that ran the migrations, after checking that
 -- the database has Realtime's realtime.send and that the role may use it
--- (docs/supabase-live.md). Running it again replaces everything it made.
+-- (docs/supabase.md#live-status-in-the-customer-app). Running it again replaces everything it made.
 --
 -- To run it by hand instead: psql --single-transaction -v ON_ERROR_STOP=1
 -- -f realtime_enable.sql (set mpesa_sync.realtime_topics to 'public' first for
@@ -21,7 +21,7 @@
 -- It grants anon and authenticated nothing on schema mpesa_sync (migration
 -- 0006 closed it to them): the state call reaches the log's position through
 -- mpesa_sync_live, a schema of its own that the Supabase API must never serve
--- (docs/supabase-live.md).
+-- (docs/supabase.md#live-status-in-the-customer-app).
 
 -- The sink's own state ----------------------------------------------------------------
 
