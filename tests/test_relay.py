@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -470,6 +472,30 @@ def test_sse_heartbeat_and_clean_end_on_stop(db: Database) -> None:
         await asyncio.wait_for(relay_task, 20)
 
     asyncio.run(scenario())
+
+
+def test_the_relay_raises_its_open_file_limit_and_says_what_it_allows(db: Database) -> None:
+    def soft_limit(relay: RelayProcess) -> int:
+        text = Path(f"/proc/{relay.proc.pid}/limits").read_text()
+        return int(re.search(r"Max open files\s+(\d+)", text)[1])  # type: ignore[index]
+
+    # Room enough once the soft limit is raised to the hard one: nothing to say.
+    with RelayProcess(
+        db.dsn, "--http", "127.0.0.1:0", "--max-clients", "500", nofile=(256, 1024)
+    ) as relay:
+        relay.wait_listening()
+        assert soft_limit(relay) == 1024
+        assert "open-file limit" not in relay.stop()
+    # Not enough even then: one warning on stderr, with the clients it allows.
+    with RelayProcess(
+        db.dsn, "--http", "127.0.0.1:0", "--max-clients", "5000", nofile=(256, 1024)
+    ) as relay:
+        warning = relay.wait_log(r"open-file limit \((\d+), hard limit (\d+)\) allows about (\d+)")
+        assert warning.groups() == ("1024", "1024", "960")
+        assert "fewer than 5000" in warning.string
+        relay.wait_listening()
+        assert soft_limit(relay) == 1024
+        relay.stop()
 
 
 # -- metrics, the client cap, CORS -----------------------------------------------------

@@ -90,13 +90,31 @@ class HttpServer:
 
 
 class HttpConnection(asyncio.Protocol):
-    """One client connection: requests in, answers or a stream out."""
+    """One client connection: requests in, answers or a stream out.
+
+    Slotted, and it lets go of its parser and request once it streams: tens
+    of thousands of these stay open.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_drained",
+        "_head_size",
+        "_headers",
+        "_parser",
+        "_queue",
+        "_timer",
+        "_url",
+        "client",
+        "server",
+        "transport",
+    )
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.client: Client | None = None  # once streaming
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[str, str] = {}
         self._head_size = 0
@@ -116,7 +134,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self.client is not None:
+        if self._parser is None:
             return  # a stream's client has nothing more to say
         try:
             self._parser.feed_data(data)
@@ -162,6 +180,7 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError:
             self._refuse(400, "malformed URL")
             return
+        assert self._parser is not None
         request = Request(
             method=self._parser.get_method().decode("latin-1"),
             path=(parsed.path or b"/").decode("latin-1"),
@@ -199,6 +218,7 @@ class HttpConnection(asyncio.Protocol):
         self.server.connections.discard(self)
         self._cancel_timer()
         self._queue.clear()
+        self._parser, self._headers, self._url = None, {}, b""
         if self.transport is not None:
             self.transport.resume_reading()  # so that a hang-up is noticed
 

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -49,7 +50,13 @@ async def serving(relay: Relay, dsn: str, **app_options: Any) -> AsyncIterator[s
 class RelayProcess:
     """`mpesa-sync relay` in a subprocess; its output lines land in queues."""
 
-    def __init__(self, dsn: str, *args: str) -> None:
+    def __init__(self, dsn: str, *args: str, nofile: tuple[int, int] | None = None) -> None:
+        """``nofile``: the (soft, hard) open-file limit the relay starts with."""
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mpesa_sync", "relay", "--dsn", dsn, *args],
             stdout=subprocess.PIPE,
@@ -57,6 +64,7 @@ class RelayProcess:
             text=True,
             bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit if nofile is not None else None,
         )
         self.stdout: queue.Queue[str] = queue.Queue()
         self.stderr: queue.Queue[str] = queue.Queue()
