@@ -112,6 +112,9 @@ def run(bench: Bench) -> list[Result]:
             results.append(idle_rss(dsn, bars, n))
         for n in storm:
             results.append(reconnect_storm(dsn, bars, n))
+        workers = int(os.environ.get("BENCH_RELAY_WORKERS", "2"))
+        if workers > 1:
+            results.append(worker_balance(dsn, bars, max(clients), workers))
     return results
 
 
@@ -248,6 +251,29 @@ def reconnect_storm(dsn: str, bars: list[str], n: int) -> Result:
     )
 
 
+def worker_balance(dsn: str, bars: list[str], n: int, workers: int) -> Result:
+    """How evenly SO_REUSEPORT spreads ``n`` streams over the workers: most / fewest."""
+    watched = bars[: max(1, n // PER_BAR)]
+    ratios = []
+    for _ in range(max(1, RUNS // 2)):
+        with (
+            RelayUnderTest(dsn, workers=workers) as relay,
+            Clients(relay.url, n, watched) as sse,
+        ):
+            counts = sse.workers()
+            if len(counts) != workers:
+                raise RuntimeError(f"streams reached {sorted(counts)}, not {workers} workers")
+            ratios.append(max(counts.values()) / min(counts.values()))
+    return Result(
+        name=f"relay --workers {workers}, {n:,} streams: most / fewest on one worker",
+        ours=ratios,
+        unit="×",
+        absolute_target=1.2,
+        note="each stream's worker from its X-Relay-Worker header; SO_REUSEPORT hashes "
+        "each connection's addresses and ports",
+    )
+
+
 # -- the database and the writer ----------------------------------------------------------
 
 
@@ -373,7 +399,9 @@ def cpu_seconds(pid: int) -> float:
 class RelayUnderTest:
     """`mpesa-sync relay --http 127.0.0.1:PORT` in its own process."""
 
-    def __init__(self, dsn: str, port: int = 0, *extra: str) -> None:
+    def __init__(self, dsn: str, port: int = 0, *extra: str, workers: int = 1) -> None:
+        if workers > 1:
+            extra = (*extra, "--workers", str(workers))
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -393,11 +421,13 @@ class RelayUnderTest:
         )
         self.url = ""
         assert self.proc.stderr is not None
+        listening = 0
         for line in self.proc.stderr:
             match = re.search(r"serving (http://\S+)/", line)
             if match:
                 self.url = match.group(1)
-            if "listening on mpesa_status" in line:
+            listening += "listening on mpesa_status" in line
+            if listening == workers:
                 break
         self.started_at = time.monotonic()
         if not self.url:
@@ -544,6 +574,9 @@ class Clients:
         self.proc.stdin.flush()
         return self._read()
 
+    def workers(self) -> dict[str, int]:
+        return dict(self._ask({"cmd": "workers"})["counts"])
+
     def reopened(self, count: int) -> float:
         return float(self._ask({"cmd": "reopened", "count": count})["at"])
 
@@ -567,6 +600,7 @@ class _Stream(asyncio.Protocol):
     def __init__(self, pool: _Pool, index: int, bar: str | None) -> None:
         self.pool, self.index, self.bar = pool, index, bar
         self.transport: asyncio.Transport | None = None
+        self.worker = ""
         self.last_id = b""
         self.reset(keep=False, keep_ids=False)
         self._head = True
@@ -615,6 +649,9 @@ class _Stream(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
                 return
             self._head = False
+            head = buf[:end].lower()
+            at = head.find(b"x-relay-worker: ")
+            self.worker = head[at + 16 : head.find(b"\r\n", at)].decode() if at >= 0 else ""
             buf = buf[end + 4 :]
             self.pool.opened(now)
         cut = buf.rfind(b"\n") + 1
@@ -743,6 +780,11 @@ async def _client_main() -> None:
             await _wait(pool, functools.partial(_caught_up, streams, expected))
             answer["at"] = max(s.last_at for s in streams)
             answer["missing"] = sum(s.ids != expected.get(s.bar, []) for s in streams)
+        elif command["cmd"] == "workers":
+            counts: dict[str, int] = {}
+            for stream in streams:
+                counts[stream.worker] = counts.get(stream.worker, 0) + 1
+            answer["counts"] = counts
         elif command["cmd"] == "reopened":
             count = command["count"]
             await _wait(pool, lambda: pool.opened_total >= count)  # noqa: B023

@@ -152,6 +152,8 @@ class Hub:
                 wanted = [e for e in events if e.event_id > client.after]
                 if wanted:
                     client.transport.write(_join(wanted))
+                    if client.transport.get_write_buffer_size() > limit:
+                        lagging.append(client)
 
     def _reset(self, reset: Reset) -> None:
         for client in [*self._all, *(c for group in self._by_bar.values() for c in group)]:

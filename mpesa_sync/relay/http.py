@@ -250,6 +250,9 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         if response is None or self.closed:
             return
+        if self.client is not None:  # a stream that failed before it began: end it
+            self.server.hub.remove(self.client)
+            keep_alive = False
         head_only = request.method == "HEAD"
         headers = response.headers if keep_alive else [*response.headers, ("Connection", "close")]
         self.write(response_head(response.status, headers, length=len(response.body)))
