@@ -47,7 +47,14 @@ from mpesa_sync import db
 from mpesa_sync.errors import ConfigError, DatabaseUnavailable, MpesaSyncError, first_line
 from mpesa_sync.queries import query
 from mpesa_sync.relay.events import FUTURE, LogState, Position, Reset, payload_event_id
-from mpesa_sync.relay.log import Item, LogCursor, Page, read_log_state, read_page
+from mpesa_sync.relay.log import (
+    Item,
+    LogCursor,
+    Page,
+    RecentEvents,
+    read_log_state,
+    read_page,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +103,7 @@ class Relay:
         self.stopped = asyncio.Event()  # set once run() has returned
         self._since = since
         self._cursor = LogCursor(Position(0), anchored=True, on_reset=self._log_reset)
+        self.recent = RecentEvents()  # what a resuming client may be replayed from
         self._started = False
         self._conn: AnyConnection | None = None
         self._sinks: list[Sink] = []
@@ -137,6 +145,7 @@ class Relay:
                     raise ConfigError(f"--since {log.describe(self._since, reason)}{hint}")
             start = log.newest_event_id if self._since is None else self._since.event_id
             self._cursor.position = Position(start, log.generation)
+            self.recent.start(self._cursor.position)
         except BaseException:
             await conn.close()
             raise
@@ -256,6 +265,7 @@ class Relay:
         )
 
     def _deliver(self, items: list[Item]) -> None:
+        self.recent.add(items)
         for item in items:
             for sink in self._sinks:
                 sink(item)

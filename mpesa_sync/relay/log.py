@@ -16,11 +16,16 @@ events it checks that the log still honours its position:
 When a check fails the cursor resets: it yields a :class:`Reset` and moves
 to the newest event, from where the next read carries on. It never skips
 events in silence.
+
+:class:`RecentEvents` keeps the last events the relay handed on, so that a
+client resuming from a position among them (a reconnect storm after a
+relay restart, say) is replayed from memory, with no query.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from bisect import bisect_right
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -181,3 +186,50 @@ class LogCursor:
         if self._on_reset is not None:
             self._on_reset(refused, reason, log)
         return reset
+
+
+class RecentEvents:
+    """The last ``size`` events handed on, in order, with no gap since ``base``.
+
+    Every event after ``base`` up to the newest is here, so a position of this
+    log at or after ``base`` can be replayed from memory exactly. A reset
+    empties it: the events before it belong to a position no longer honoured.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self.generation: UUID | None = None
+        self.base: int | None = None  # None: nothing to replay from yet
+        self._ids: list[int] = []
+        self._events: list[StatusEvent] = []
+
+    def start(self, position: Position) -> None:
+        """Begin (again) empty, at ``position``."""
+        self.generation, self.base = position.generation, position.event_id
+        self._ids, self._events = [], []
+
+    def add(self, items: Sequence[Item]) -> None:
+        if items and isinstance(items[0], Reset):
+            self.start(items[0].position)
+            return
+        for item in items:
+            assert isinstance(item, StatusEvent)
+            self._ids.append(item.event_id)
+            self._events.append(item)
+        if len(self._ids) > 2 * self.size:  # trim now and then, not on every event
+            cut = len(self._ids) - self.size
+            self.base = self._ids[cut - 1]
+            del self._ids[:cut], self._events[:cut]
+
+    def after(self, position: Position, bar_id: UUID | None) -> list[StatusEvent] | None:
+        """The events after ``position`` (of one bar), or None if it is not covered."""
+        if (
+            self.base is None
+            or position.generation != self.generation
+            or position.event_id < self.base
+            or (self._ids and position.event_id > self._ids[-1])
+            or (not self._ids and position.event_id != self.base)
+        ):
+            return None
+        tail = self._events[bisect_right(self._ids, position.event_id) :]
+        return tail if bar_id is None else [e for e in tail if e.bar_id == bar_id]
