@@ -59,6 +59,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,20 +102,50 @@ def run(bench: Bench) -> list[Result]:
     storm = sizes("BENCH_RELAY_STORM", "1000" if small else "10000")
     bars_needed = max([*clients, *idle, *storm, PER_BAR]) // PER_BAR + 1
     results: list[Result] = []
+    workers = int(os.environ.get("BENCH_RELAY_WORKERS", "2"))
     with bench.database() as dsn:
         bars = prepare(dsn, bars_needed)
         with RawListener(dsn) as raw:
             for n in clients:
-                results += latency_pair(dsn, bars, n, per_bar=True, raw=raw, small=small)
+                results += shape(
+                    f"platform shape, {n:,} clients",
+                    lambda n=n: latency_pair(dsn, bars, n, per_bar=True, raw=raw, small=small),
+                )
             for n in clients:
-                results += latency_pair(dsn, bars, n, per_bar=False, raw=raw, small=small)
+                results += shape(
+                    f"broadcast, {n:,} clients",
+                    lambda n=n: latency_pair(dsn, bars, n, per_bar=False, raw=raw, small=small),
+                )
         for n in idle:
-            results.append(idle_rss(dsn, bars, n))
+            results += shape(f"idle RSS, {n:,} streams", lambda n=n: [idle_rss(dsn, bars, n)])
         for n in storm:
-            results.append(reconnect_storm(dsn, bars, n))
-        workers = int(os.environ.get("BENCH_RELAY_WORKERS", "2"))
+            results += shape(
+                f"reconnect storm, {n:,} clients", lambda n=n: [reconnect_storm(dsn, bars, n)]
+            )
         if workers > 1:
-            results.append(worker_balance(dsn, bars, max(clients), workers))
+            n = max(clients)
+            results += shape(
+                f"--workers {workers} balance, {n:,} streams",
+                lambda: [worker_balance(dsn, bars, n, workers)],
+            )
+    return results
+
+
+def shape(name: str, measure: Callable[[], list[Result]]) -> list[Result]:
+    """A shape's rows, printed as they come; a shape that fails is a row that says why."""
+    try:
+        results = measure()
+    except Exception as exc:  # one shape failing must not lose the others' figures
+        results = [
+            Result(
+                name=f"relay {name}: FAILED",
+                ours=[float("inf")],
+                absolute_target=0.0,
+                note=f"{type(exc).__name__}: {str(exc)[:300]}",
+            )
+        ]
+    for result in results:
+        print(f"  {result.name}: {result.ours} vs {result.bare} ({result.note})", file=sys.stderr)
     return results
 
 
@@ -213,7 +244,9 @@ def reconnect_storm(dsn: str, bars: list[str], n: int) -> Result:
         relay = RelayUnderTest(dsn, port=port)
         try:
             with Clients(relay.url, n, watched, reconnect=True) as sse:
-                sse.start(keep_times=False, keep_ids=True)
+                # Every client holds the position it opened at, as a page that
+                # read the state first does; it resumes from there.
+                sse.start(keep_times=False, keep_ids=True, position=position_now(dsn))
                 with Writer(dsn, watched, rate=100) as writer:
                     writer.wait_for(20)
                     relay.close()
@@ -224,7 +257,10 @@ def reconnect_storm(dsn: str, bars: list[str], n: int) -> Result:
                 expected = expected_by_bar(dsn, commits)
                 done = sse.exact(expected)
                 if done["missing"]:
-                    raise RuntimeError(f"reconnect storm: clients missed events: {done}")
+                    raise RuntimeError(
+                        f"{done['missing']:,} of {n:,} clients did not hold exactly every event "
+                        f"of their bar {done['at'] - answered:.0f} s after the relay restarted"
+                    )
                 ours.append(done["at"] - answered)
         finally:
             relay.close()
@@ -312,6 +348,16 @@ def event_ids(conn: psycopg.Connection[Any], after: int) -> list[int]:
         (after,),
     )
     return [r[0] for r in rows]
+
+
+def position_now(dsn: str) -> str:
+    """The log's newest position, GENERATION:EVENT_ID."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT generation, newest_event_id FROM mpesa_sync.event_log_v1"
+        ).fetchone()
+    assert row is not None
+    return f"{row[0]}:{row[1]}"
 
 
 def expected_by_bar(dsn: str, commits: tuple[int, int]) -> dict[str, list[int]]:
@@ -561,9 +607,17 @@ class Clients:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
 
-    def start(self, *, keep_times: bool, keep_ids: bool = False) -> None:
-        """Forget what was received; keep (id, time) pairs for latency runs."""
-        self._ask({"cmd": "start", "keep": keep_times, "keep_ids": keep_ids or keep_times})
+    def start(self, *, keep_times: bool, keep_ids: bool = False, position: str = "") -> None:
+        """Forget what was received; keep (id, time) pairs for latency runs;
+        ``position``: where every stream stands, for its next reconnect."""
+        self._ask(
+            {
+                "cmd": "start",
+                "keep": keep_times,
+                "keep_ids": keep_ids or keep_times,
+                "position": position,
+            }
+        )
 
     def latency(self, commits: dict[int, tuple[float, str]]) -> dict[str, float]:
         return self._ask({"cmd": "latency", "commits": {str(k): v for k, v in commits.items()}})
@@ -651,7 +705,8 @@ class _Stream(asyncio.Protocol):
             self._head = False
             head = buf[:end].lower()
             at = head.find(b"x-relay-worker: ")
-            self.worker = head[at + 16 : head.find(b"\r\n", at)].decode() if at >= 0 else ""
+            stop = head.find(b"\r\n", at)
+            self.worker = head[at + 16 : stop if stop >= 0 else None].decode() if at >= 0 else ""
             buf = buf[end + 4 :]
             self.pool.opened(now)
         cut = buf.rfind(b"\n") + 1
@@ -756,6 +811,8 @@ async def _client_main() -> None:
         if command["cmd"] == "start":
             for stream in streams:
                 stream.reset(keep=command["keep"], keep_ids=command["keep_ids"])
+                if command["position"]:
+                    stream.last_id = command["position"].encode()
         elif command["cmd"] == "latency":
             # event id -> [commit time, bar]; each stream must get exactly the
             # events of its bar (or all), in order.
