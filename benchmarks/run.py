@@ -151,10 +151,16 @@ def report(
         "server packages for the sync core's rows), durable defaults (fsync on, "
         "synchronous_commit on), max_wal_size=8GB"
     )
+    settings = " ".join(
+        f"{k}={v}"
+        for k, v in sorted(os.environ.items())
+        if k.startswith("BENCH_") and k != "BENCH_SCALE"
+    )
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}make bench` "
+        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}"
+        f"{settings + ' ' if settings else ''}make bench` "
         f"(benchmarks/run.py) on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.",
         "",
