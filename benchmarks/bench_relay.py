@@ -117,10 +117,14 @@ def run(bench: Bench) -> list[Result]:
                     lambda n=n: latency_pair(dsn, bars, n, per_bar=False, raw=raw, small=small),
                 )
         for n in idle:
-            results += shape(f"idle RSS, {n:,} streams", lambda n=n: [idle_rss(dsn, bars, n)])
+            results += shape(
+                f"idle RSS, {n:,} streams", lambda n=n: [idle_rss(dsn, bars, n)], streams=n
+            )
         for n in storm:
             results += shape(
-                f"reconnect storm, {n:,} clients", lambda n=n: [reconnect_storm(dsn, bars, n)]
+                f"reconnect storm, {n:,} clients",
+                lambda n=n: [reconnect_storm(dsn, bars, n)],
+                streams=n,
             )
         if workers > 1:
             n = max(clients)
@@ -131,9 +135,15 @@ def run(bench: Bench) -> list[Result]:
     return results
 
 
-def shape(name: str, measure: Callable[[], list[Result]]) -> list[Result]:
+def shape(name: str, measure: Callable[[], list[Result]], streams: int = 0) -> list[Result]:
     """A shape's rows, printed as they come; a shape that fails is a row that says why."""
     try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if streams + 200 > soft:
+            raise RuntimeError(
+                f"{streams:,} streams need more open files than the limit here allows "
+                f"(soft {soft:,}, hard {hard:,}; raising the hard limit needs CAP_SYS_RESOURCE)"
+            )
         results = measure()
     except Exception as exc:  # one shape failing must not lose the others' figures
         results = [
