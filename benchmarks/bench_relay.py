@@ -127,7 +127,7 @@ def run(bench: Bench) -> list[Result]:
                 streams=n,
             )
         if workers > 1:
-            n = max(clients or storm or [1000])
+            n = max(clients or [1000])
             results += shape(
                 f"--workers {workers} balance, {n:,} streams",
                 lambda: [worker_balance(dsn, bars, n, workers)],
