@@ -8,17 +8,17 @@ record what is written to them.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 
-from mpesa_sync.relay.events import LogState, Reset, StatusEvent
+from mpesa_sync.relay.events import LogState, Reset
 from mpesa_sync.relay.fanout import SLOTS, Client, Hub
 from mpesa_sync.relay.wire import KEEPALIVE_FRAME
+from tests.support.events import GENERATION
+from tests.support.events import status_event as event
 
 pytestmark = pytest.mark.no_database
 
-GENERATION = uuid.UUID("0b5c7a9e-3d1f-4e2a-9c8b-7f6e5d4c3b2a")
 BAR_A, BAR_B, BAR_C = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
 
 
@@ -45,17 +45,6 @@ class Recorder:
 
     def close(self) -> None:
         self.closed = True
-
-
-def event(event_id: int, bar_id: uuid.UUID) -> StatusEvent:
-    row = {
-        "event_id": event_id,
-        "bar_id": bar_id,
-        "mpesa_enabled": True,
-        "source": "credentials",
-        "at": datetime(2026, 1, 1, tzinfo=UTC),
-    }
-    return StatusEvent.from_row(row, GENERATION)
 
 
 def client(hub: Hub, bar_id: uuid.UUID | None, after: int = 0, queued: int = 0) -> Recorder:

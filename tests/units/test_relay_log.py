@@ -7,28 +7,20 @@ No database (marked ``no_database``).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 
 from mpesa_sync.relay.events import LogState, Position, Reset, StatusEvent
 from mpesa_sync.relay.log import RecentEvents
+from tests.support.events import GENERATION, status_event
 
 pytestmark = pytest.mark.no_database
 
-GENERATION = uuid.UUID("0b5c7a9e-3d1f-4e2a-9c8b-7f6e5d4c3b2a")
 BAR_A, BAR_B = uuid.UUID(int=1), uuid.UUID(int=2)
 
 
 def event(event_id: int, bar_id: uuid.UUID = BAR_A) -> StatusEvent:
-    row = {
-        "event_id": event_id,
-        "bar_id": bar_id,
-        "mpesa_enabled": True,
-        "source": "credentials",
-        "at": datetime(2026, 1, 1, tzinfo=UTC),
-    }
-    return StatusEvent.from_row(row, GENERATION)
+    return status_event(event_id, bar_id)
 
 
 def ids(events: list[StatusEvent] | None) -> list[int] | None:

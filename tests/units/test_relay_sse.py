@@ -15,10 +15,9 @@ from mpesa_sync.relay.events import (
     Position,
 )
 from mpesa_sync.relay.sse import parse_bar_id, parse_last_event_id
+from tests.support.events import GENERATION
 
 pytestmark = pytest.mark.no_database
-
-GENERATION = uuid.UUID("0b5c7a9e-3d1f-4e2a-9c8b-7f6e5d4c3b2a")
 
 
 def test_sse_request_parsers() -> None:
