@@ -88,9 +88,10 @@ def status(dsn: str) -> StatusReport:
             HostColumn(table, column, data_type, bool(ok))
             for table, column, data_type, _, _, ok in conn.execute(query("host_columns"))
         ]
-        _, history = conn.execute(query("rollback_target")).fetchone()  # type: ignore[misc]
+        history = db.fetch_one(conn, query("rollback_target"))["history"]
         applied = [row[0] for row in conn.execute(query("applied_migrations"))] if history else []
-        core, event_log = conn.execute(query("schema_installed")).fetchone()  # type: ignore[misc]
+        installed = db.fetch_one(conn, query("schema_installed"))
+        core, event_log = installed["core"], installed["event_log"]
         report = StatusReport(
             installed=bool(core),
             applied=applied,
@@ -98,10 +99,14 @@ def status(dsn: str) -> StatusReport:
             host_columns=columns,
         )
         if core:
-            report.open_alerts = int(conn.execute(query("open_alerts")).fetchone()[0])  # type: ignore[index]
+            report.open_alerts = int(db.fetch_one(conn, query("open_alerts"))["count"])
         if event_log:
-            generation, pruned, oldest, newest, events = conn.execute(
-                query("event_log_status")
-            ).fetchone()  # type: ignore[misc]
-            report.event_log = EventLogStatus(events, oldest, newest, pruned, generation)
+            log = db.fetch_one(conn, query("event_log_status"))
+            report.event_log = EventLogStatus(
+                log["events"],
+                log["oldest_event_id"],
+                log["newest_event_id"],
+                log["pruned_through"],
+                log["generation"],
+            )
     return report

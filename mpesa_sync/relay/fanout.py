@@ -115,7 +115,7 @@ class Hub:
         if isinstance(items[0], Reset):
             self._reset(items[0])
             return
-        events: list[StatusEvent] = list(items)  # type: ignore[arg-type]
+        events = [item for item in items if isinstance(item, StatusEvent)]
         lagging: list[Client] = []
         if self._all:
             self._write_all(self._all, events, _join(events), lagging)
