@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 _STOP_GRACE = 5.0  # seconds a stopping relay gets before it is cancelled
 # Open files a relay wants when no --max-clients says otherwise: sockets for
 # this many clients, plus the pool, the LISTEN connection and the process's own.
-CLIENTS_WANTED = 65_536
+CLIENTS_WANTED = 65_536 - 64  # so that LimitNOFILE=65536 (docs/systemd) is enough
 _SPARE_FILES = 64
 
 
