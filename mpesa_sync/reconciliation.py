@@ -173,7 +173,7 @@ def _fix_batch(
                 query("fix_bars"), {"bar_ids": batch}
             )
         ]
-        fixed = conn.execute(query("reconcile_changes_in_transaction")).fetchone()[0]  # type: ignore[index]
+        fixed = db.fetch_one(conn, query("reconcile_changes_in_transaction"))["count"]
     return int(fixed), failed
 
 

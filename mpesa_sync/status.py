@@ -99,18 +99,24 @@ def status(dsn: str) -> StatusReport:
             HostColumn(table, column, data_type, bool(ok))
             for table, column, data_type, _, _, ok in conn.execute(query("host_columns"))
         ]
-        schema, history, public_history, *_ = conn.execute(query("history_state")).fetchone()  # type: ignore[misc]
-        applied = [row[0] for row in conn.execute(query("applied_migrations"))] if history else []
+        state = db.fetch_one(conn, query("history_state"))
+        applied = (
+            [row[0] for row in conn.execute(query("applied_migrations"))]
+            if state["history"]
+            else []
+        )
         in_public = []
-        if public_history:
+        if state["public_history"]:
             in_public = [
                 row[0]
                 for row in conn.execute(
                     query("applied_migrations_in_public"), {"ours": migration_ids()}
                 )
             ]
-        core, event_log = conn.execute(query("schema_installed")).fetchone()  # type: ignore[misc]
+        installed = db.fetch_one(conn, query("schema_installed"))
+        core, event_log = installed["core"], installed["event_log"]
         applied = applied or in_public
+        schema = state["schema"]
         report = StatusReport(
             installed=bool(core),
             applied=applied,
@@ -120,11 +126,15 @@ def status(dsn: str) -> StatusReport:
             half_installed=bool(schema) and FIRST_MIGRATION not in applied,
         )
         if core:
-            report.open_alerts = int(conn.execute(query("open_alerts")).fetchone()[0])  # type: ignore[index]
+            report.open_alerts = int(db.fetch_one(conn, query("open_alerts"))["count"])
             report.realtime = realtime.sink_status(conn)
         if event_log:
-            generation, pruned, oldest, newest, events = conn.execute(
-                query("event_log_status")
-            ).fetchone()  # type: ignore[misc]
-            report.event_log = EventLogStatus(events, oldest, newest, pruned, generation)
+            log = db.fetch_one(conn, query("event_log_status"))
+            report.event_log = EventLogStatus(
+                log["events"],
+                log["oldest_event_id"],
+                log["newest_event_id"],
+                log["pruned_through"],
+                log["generation"],
+            )
     return report

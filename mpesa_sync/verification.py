@@ -107,7 +107,7 @@ def verify(dsn: str, *, limit: int | None = 100) -> VerifyReport:
         if scan.sample:
             rows = conn.execute(query("bar_status"), {"bar_ids": scan.sample}).fetchall()
             drifted = [DriftedBar(*row) for row in rows]
-        open_alerts = conn.execute(query("open_alerts")).fetchone()[0]  # type: ignore[index]
+        open_alerts = db.fetch_one(conn, query("open_alerts"))["count"]
     report = VerifyReport(scan.checked, scan.drifted, drifted, int(open_alerts))
     logger.debug(
         "checked %d bars: %d drifted, %d open alerts",

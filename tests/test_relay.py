@@ -8,20 +8,25 @@ on them with deadlines, never with sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import signal
+import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from mpesa_sync.errors import SubscriptionLagged
-from mpesa_sync.relay.listener import APPLICATION_NAME, PAGE_SIZE, Relay, RelayConfig
+from mpesa_sync.relay.listener import APPLICATION_NAME, Relay, RelayConfig
+from mpesa_sync.relay.log import PAGE_SIZE
 from mpesa_sync.relay.service import listen_socket
 from tests.support.cli import assert_one_line_error, run_module
 from tests.support.database import Database
@@ -352,33 +357,96 @@ def test_http_errors_are_json(db: Database, relay_http: Any) -> None:
 # -- the core, in process ------------------------------------------------------------
 
 
-def test_a_slow_subscriber_is_dropped_without_stalling_the_others(db: Database) -> None:
-    bars = [db.add_bar(f"bar {i}") for i in range(8)]
-    for bar in bars:
-        db.add_credentials(bar, active=False)
+async def collect_ids(response: httpx.Response, ids: list[int]) -> None:
+    """Append the event id of every frame of an SSE stream to ``ids``."""
+    async for line in response.aiter_lines():
+        if line.startswith("id: "):
+            ids.append(int(line.rpartition(":")[2]))
+
+
+async def until_holds(ids: list[int], last: int, timeout: float = 60) -> list[int]:
+    """``ids`` once it reaches ``last`` (polled with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not (ids and ids[-1] >= last):
+        assert time.monotonic() < deadline, f"stream stopped at {ids[-1:]}, expected {last}"
+        await asyncio.sleep(0.02)  # polling interval, not synchronisation
+    return ids
+
+
+def test_a_client_that_never_reads_is_dropped_without_stalling_the_others(db: Database) -> None:
+    bar_count = 300
+    db.execute(
+        "INSERT INTO bars (name) SELECT 'bar ' || i FROM generate_series(1, %s) AS i", (bar_count,)
+    )
+    db.execute(
+        """INSERT INTO mpesa_credentials (tenant_id, environment, business_shortcode,
+               consumer_key_enc, consumer_secret_enc, passkey_enc, is_active)
+           SELECT id, 'sandbox', '174379', 'k', 's', 'p', false FROM bars"""
+    )
+    first_bar = db.scalar("SELECT min(id::text)::uuid FROM bars")
+    start = newest_event_id(db)
+    flip_all = "UPDATE mpesa_credentials SET is_active = NOT is_active"  # 300 events a commit
 
     async def scenario() -> None:
-        relay = Relay(db.dsn, config=RelayConfig(backlog=4))
+        config = RelayConfig(max_unsent=16 * 1024, max_blocked=1.0)
+        relay = Relay(db.dsn, config=config)
         await relay.start()
         task = asyncio.create_task(relay.run())
-        slow = relay.subscribe()
-        slow_bar = relay.subscribe(bar_id=bars[0])
-        fast = relay.subscribe()
-        got: list[int] = []
-        for bar in bars:  # one transaction each; the fast one keeps up
-            await asyncio.to_thread(set_active, db, bar, True)
-            batch = await asyncio.wait_for(fast.next(), 20)
-            assert batch is not None and [e.bar_id for e in batch] == [bar]
-            got += [e.event_id for e in batch]
-        assert got == sorted(got) and len(set(got)) == 8
-        with pytest.raises(SubscriptionLagged):
-            await slow.next()
-        assert relay.stats.dropped == 1
-        # one event for its bar: within its backlog, so still served
-        assert [e.bar_id for e in await slow_bar.next()] == [bars[0]]
-        relay.stop()
+        async with (
+            serving(relay, db.dsn) as url,
+            httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+            client.stream("GET", f"{url}/events") as fast,
+            client.stream("GET", f"{url}/events?bar_id={first_bar}") as mine,
+        ):
+            # A client that asks for the stream and never reads a byte of it.
+            stuck = socket.socket()
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stuck.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            stuck.sendall(b"GET /events HTTP/1.1\r\nHost: relay\r\n\r\n")
+            await asyncio.to_thread(
+                wait_for, "three streams", lambda: scrape(url)["mpesa_sync_relay_clients"] == 3
+            )
+            fast_ids: list[int] = []
+            my_ids: list[int] = []
+            readers = [
+                asyncio.create_task(collect_ids(fast, fast_ids)),
+                asyncio.create_task(collect_ids(mine, my_ids)),
+            ]
+            flips = 0
+            # Until the stuck client's unsent data passes the bound (the kernel's
+            # socket buffers take the first hundreds of KiB).
+            while (await asyncio.to_thread(scrape, url))[
+                "mpesa_sync_relay_dropped_clients_total"
+            ] == 0:
+                assert flips < 200, "the client that never reads was never dropped"
+                await asyncio.to_thread(db.execute, flip_all)
+                flips += 1
+            newest = newest_event_id(db)
+            mine_expected = [
+                r["event_id"]
+                for r in db.query(
+                    "SELECT event_id FROM mpesa_sync.status_events "
+                    "WHERE bar_id = %s AND event_id > %s ORDER BY event_id",
+                    (first_bar, start),
+                )
+            ]
+            assert len(mine_expected) == flips
+            # The readers beside it got every event, in order, and were never held up.
+            assert await until_holds(fast_ids, newest) == list(range(start + 1, newest + 1))
+            assert await until_holds(my_ids, mine_expected[-1]) == mine_expected
+            metrics = await asyncio.to_thread(scrape, url)
+            assert metrics["mpesa_sync_relay_dropped_clients_total"] == 1
+            assert metrics["mpesa_sync_relay_clients"] == 2
+            # The stuck client's connection was closed under it.
+            stuck.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                while stuck.recv(65536):
+                    pass
+            stuck.close()
+            relay.stop()  # a stopped relay ends the streams
+            await asyncio.wait_for(asyncio.gather(*readers), 10)
+            assert fast_ids[-1] == newest
         await asyncio.wait_for(task, 10)
-        assert await fast.next() is None  # a stopped relay ends its subscriptions
 
     asyncio.run(scenario())
 
@@ -408,6 +476,30 @@ def test_sse_heartbeat_and_clean_end_on_stop(db: Database) -> None:
         await asyncio.wait_for(relay_task, 20)
 
     asyncio.run(scenario())
+
+
+def test_the_relay_raises_its_open_file_limit_and_says_what_it_allows(db: Database) -> None:
+    def soft_limit(relay: RelayProcess) -> int:
+        text = Path(f"/proc/{relay.proc.pid}/limits").read_text()
+        return int(re.search(r"Max open files\s+(\d+)", text)[1])  # type: ignore[index]
+
+    # Room enough once the soft limit is raised to the hard one: nothing to say.
+    with RelayProcess(
+        db.dsn, "--http", "127.0.0.1:0", "--max-clients", "500", nofile=(256, 1024)
+    ) as relay:
+        relay.wait_listening()
+        assert soft_limit(relay) == 1024
+        assert "open-file limit" not in relay.stop()
+    # Not enough even then: one warning on stderr, with the clients it allows.
+    with RelayProcess(
+        db.dsn, "--http", "127.0.0.1:0", "--max-clients", "5000", nofile=(256, 1024)
+    ) as relay:
+        warning = relay.wait_log(r"open-file limit \((\d+), hard limit (\d+)\) allows about (\d+)")
+        assert warning.groups() == ("1024", "1024", "960")
+        assert "fewer than 5000" in warning.string
+        relay.wait_listening()
+        assert soft_limit(relay) == 1024
+        relay.stop()
 
 
 # -- metrics, the client cap, CORS -----------------------------------------------------

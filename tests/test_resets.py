@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -197,36 +198,61 @@ def test_relay_since_the_log_cannot_honour_exits_2(db: Database, bar: uuid.UUID)
         relay.stop()
 
 
+async def collect_frames(response: httpx.Response, frames: list[str]) -> None:
+    """Append each SSE frame (not the retry line or keepalives) of a stream to ``frames``."""
+    text = ""
+    async for chunk in response.aiter_text():
+        text += chunk
+        *done, text = text.split("\n\n")
+        frames += [f for f in done if f and not f.startswith((":", "retry:"))]
+
+
+async def until_count(frames: list[str], count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(frames) < count:
+        assert time.monotonic() < deadline, f"got {frames}, expected {count} frames"
+        await asyncio.sleep(0.02)  # polling interval, not synchronisation
+
+
 # -- a running relay whose own position goes bad ------------------------------------------
 
 
 def test_a_relay_whose_position_was_pruned_while_away_resets(db: Database, bar: uuid.UUID) -> None:
     flip(db, bar, 2)
 
-    async def scenario() -> tuple[list[Any], list[Any], Relay]:
+    async def scenario() -> tuple[list[Any], list[str], Relay]:
         relay = Relay(db.dsn)
         got: list[Any] = []
         relay.add_sink(got.append)
         await relay.start()  # at event 2
-        sub = relay.subscribe()
-        # While the relay is away (not yet running): four more events, all of
-        # them old enough to prune but the last.
-        await asyncio.to_thread(flip, db, bar, 4)
-        await asyncio.to_thread(age_events, db, 5)
-        await asyncio.to_thread(prune, db)
-        task = asyncio.create_task(relay.run())
-        items = await asyncio.wait_for(sub.next(), 20)
-        await asyncio.to_thread(set_active, db, bar, True)
-        items += await asyncio.wait_for(sub.next(), 20)
-        relay.stop()
-        await asyncio.wait_for(task, 20)
-        return got, items or [], relay
+        frames: list[str] = []
+        async with (
+            serving(relay, db.dsn) as url,
+            httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+            client.stream("GET", f"{url}/events") as response,  # joins at event 2
+        ):
+            reader = asyncio.create_task(collect_frames(response, frames))
+            # While the relay is away (not yet running): four more events, all of
+            # them old enough to prune but the last.
+            await asyncio.to_thread(flip, db, bar, 4)
+            await asyncio.to_thread(age_events, db, 5)
+            await asyncio.to_thread(prune, db)
+            task = asyncio.create_task(relay.run())
+            await until_count(frames, 1)
+            await asyncio.to_thread(set_active, db, bar, True)
+            await until_count(frames, 2)
+            relay.stop()
+            await asyncio.wait_for(task, 20)
+            await asyncio.wait_for(reader, 20)  # a stopped relay ends the stream
+        return got, frames, relay
 
-    got, items, relay = asyncio.run(scenario())
+    got, frames, relay = asyncio.run(scenario())
     assert isinstance(got[0], Reset) and got[0].reason == "pruned"
     assert got[0].newest_event_id == 6
     assert [type(i) for i in got[1:]] == [StatusEvent] and got[1].event_id == 7
-    assert [type(i) for i in items] == [Reset, StatusEvent]
+    generation = log_state(db)["generation"]
+    assert frames[0].startswith(f"event: reset\nid: {generation}:6\n")
+    assert frames[1].startswith(f"id: {generation}:7\n") and len(frames) == 2
     assert relay.stats.resets == 1 and relay.last_event_id == 7
 
 

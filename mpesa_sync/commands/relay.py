@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from uuid import UUID
 
 import click
@@ -14,6 +15,7 @@ from mpesa_sync.relay import service as relay_service
 from mpesa_sync.relay.events import Position
 
 MAX_CLIENTS = 1_000_000
+MAX_WORKERS = 256
 
 
 class HostPort(click.ParamType[tuple[str, int]]):
@@ -103,8 +105,18 @@ class Origin(click.ParamType[str]):
     "--max-clients",
     type=click.IntRange(min=1, max=MAX_CLIENTS),
     metavar="N",
-    help="Serve at most N SSE streams at once; past that, 503 with Retry-After.",
+    help="Serve at most N SSE streams at once (per worker); past that, 503 with Retry-After.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=MAX_WORKERS),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Serve HTTP from N processes on one port (SO_REUSEPORT), each with its own LISTEN.",
+)
+# Set by --workers on each worker it starts: I/N.
+@click.option("--worker", "worker", metavar="I/N", hidden=True)
 def relay(
     dsn: str,
     http_address: tuple[str, int] | None,
@@ -112,6 +124,8 @@ def relay(
     bar_id: UUID | None,
     allow_origins: tuple[str, ...],
     max_clients: int | None,
+    workers: int,
+    worker: str | None,
 ) -> int:
     """Relay every mpesa_status event: one JSON line per event on stdout.
 
@@ -125,9 +139,26 @@ def relay(
     {"reset": true, ...} on stdout, a reset frame to every SSE client; then
     it carries on live.
     """
-    if not http_address and (allow_origins or max_clients):
-        raise click.UsageError("--allow-origin and --max-clients need --http")
+    if not http_address and (allow_origins or max_clients or workers > 1 or worker):
+        raise click.UsageError("--allow-origin, --max-clients and --workers need --http")
     require_session(dsn, "mpesa-sync relay")
+    if workers > 1:
+        from mpesa_sync.relay.workers import Workers
+
+        args = [*(["--bar", str(bar_id)] if bar_id else [])]
+        args += [a for origin in allow_origins for a in ("--allow-origin", origin)]
+        args += ["--max-clients", str(max_clients)] if max_clients else []
+        assert http_address is not None
+        parent = Workers(dsn, http_address, workers, args, str(since) if since else None)
+        return parent.run()
+    sock, labels = None, None
+    if worker is not None:
+        from mpesa_sync.relay.workers import parse_worker
+
+        assert http_address is not None
+        index, count = parse_worker(worker)
+        sock = relay_service.listen_socket(*http_address, reuse_port=True)
+        labels = {"worker": str(index), "workers": str(count)}
     with asyncio.Runner(loop_factory=relay_service.loop_factory()) as runner:
         runner.run(
             relay_service.serve(
@@ -137,6 +168,9 @@ def relay(
                 bar_id=bar_id,
                 allow_origins=allow_origins,
                 max_clients=max_clients,
+                sock=sock,
+                out=None if labels and labels["worker"] != "0" else sys.stdout,
+                labels=labels,
             )
         )
     return EXIT_OK

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
+
+from mpesa_sync.relay.wire import event_frame, reset_frame
 
 MAX_EVENT_ID = 2**63 - 1
 
@@ -68,6 +71,12 @@ class LogState:
     pruned_through: int
     oldest_event_id: int | None
     newest_event_id: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LogState:
+        return cls(
+            row["generation"], row["pruned_through"], row["oldest_event_id"], row["newest_event_id"]
+        )
 
     def invalid(self, position: Position) -> str | None:
         """Why ``position`` cannot be honoured (PRUNED, FUTURE, OTHER_LOG), or None."""
@@ -117,9 +126,15 @@ class StatusEvent:
     sse: bytes
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], generation: UUID) -> StatusEvent:
-        """An event from the ``event_id, bar_id, mpesa_enabled, source, at`` of a row."""
-        event_id, bar_id, mpesa_enabled, source, at = row
+    def from_row(cls, row: Mapping[str, Any], generation: UUID) -> StatusEvent:
+        """An event from a row's ``event_id, bar_id, mpesa_enabled, source, at``."""
+        event_id, bar_id, mpesa_enabled, source, at = (
+            row["event_id"],
+            row["bar_id"],
+            row["mpesa_enabled"],
+            row["source"],
+            row["at"],
+        )
         line = json.dumps(
             {
                 "event_id": event_id,
@@ -129,8 +144,15 @@ class StatusEvent:
                 "at": at.astimezone(UTC).isoformat(),
             }
         )
-        sse = f"id: {generation}:{event_id}\ndata: {line}\n\n".encode()
-        return cls(event_id, bar_id, mpesa_enabled, source, at, line, sse)
+        return cls(
+            event_id,
+            bar_id,
+            mpesa_enabled,
+            source,
+            at,
+            line,
+            event_frame(generation, event_id, line),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +181,8 @@ class Reset:
                 "generation": str(log.generation),
             }
         )
-        sse = f"event: reset\nid: {log.generation}:{log.newest_event_id}\ndata: {line}\n\n"
-        return cls(reason, log.newest_event_id, log.generation, line, sse.encode())
+        sse = reset_frame(log.generation, log.newest_event_id, line)
+        return cls(reason, log.newest_event_id, log.generation, line, sse)
 
     @property
     def position(self) -> Position:

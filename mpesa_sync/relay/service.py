@@ -1,34 +1,40 @@
 """`mpesa-sync relay` as a process: stdout lines, optional HTTP, signals.
 
-One :class:`~mpesa_sync.relay.listener.Relay` feeds both the JSON lines on stdout and,
-with an HTTP address, the Starlette app served by uvicorn. SIGINT and SIGTERM
-stop both cleanly: the relay closes its subscriptions, which ends every SSE
-stream, and uvicorn then shuts down. A reset is one JSON line on stdout too,
+One :class:`~mpesa_sync.relay.listener.Relay` feeds both the JSON lines on
+stdout and, with an HTTP address, the :class:`~mpesa_sync.relay.app.RelayApp`.
+SIGINT and SIGTERM stop both cleanly: the relay stops, which ends every SSE
+stream, and the server closes. A reset is one JSON line on stdout too,
 ``{"reset": true, ...}``, whatever ``--bar`` says.
+
+At start the relay raises its soft open-file limit to the hard limit (each
+SSE client is a socket), and says on stderr how many clients the limit
+allows when that is fewer than it should serve.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import TextIO
 from uuid import UUID
 
-import uvicorn
-
 from mpesa_sync.errors import ConfigError
-from mpesa_sync.relay.app import create_app
+from mpesa_sync.relay.app import RelayApp
 from mpesa_sync.relay.events import Position, StatusEvent
-from mpesa_sync.relay.listener import Item, Relay, RelayConfig, Sink
+from mpesa_sync.relay.listener import Relay, RelayConfig, Sink
+from mpesa_sync.relay.log import Item
 
 logger = logging.getLogger(__name__)
 
-_STOP_GRACE = 5.0  # seconds a stopping relay or server gets before it is cancelled
+_STOP_GRACE = 5.0  # seconds a stopping relay gets before it is cancelled
+# Open files a relay wants when no --max-clients says otherwise: sockets for
+# this many clients, plus the pool, the LISTEN connection and the process's own.
+CLIENTS_WANTED = 65_536 - 64  # so that LimitNOFILE=65536 (docs/systemd) is enough
+_SPARE_FILES = 64
 
 
 async def serve(
@@ -37,18 +43,25 @@ async def serve(
     http: tuple[str, int] | None = None,
     since: Position | None = None,
     bar_id: UUID | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = sys.stdout,
     config: RelayConfig | None = None,
     allow_origins: Collection[str] = (),
     max_clients: int | None = None,
+    sock: socket.socket | None = None,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Relay until SIGINT/SIGTERM.
 
     Raises (before anything is relayed) DatabaseUnavailable, SchemaNotInstalled
     or ConfigError for a bad start: an unreachable database, a ``since`` the
-    log cannot honour, an address it cannot listen on.
+    log cannot honour, an address it cannot listen on. ``sock``: a listening
+    socket to serve instead of opening ``http`` (a worker's); ``out`` None:
+    no stdout lines (every worker but the first).
     """
-    sock = listen_socket(*http) if http else None
+    if sock is None and http is not None:
+        sock = listen_socket(*http)
+    if sock is not None:
+        raise_open_file_limit(max_clients)
     relay = Relay(dsn, since=since, config=config)
     try:
         await relay.start()
@@ -56,54 +69,68 @@ async def serve(
         if sock is not None:
             sock.close()
         raise
-    relay.add_sink(stdout_sink(out, bar_id, relay))
-    # uvicorn narrates its start-up and shutdown at INFO; ours say what matters.
-    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.root.level))
+    if out is not None:
+        relay.add_sink(stdout_sink(out, bar_id, relay))
 
     loop = asyncio.get_running_loop()
-    server: uvicorn.Server | None = None
-
-    def request_stop() -> None:
-        relay.stop()
-        if server is not None:
-            server.should_exit = True
-
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop)
+        loop.add_signal_handler(sig, relay.stop)
+    app: RelayApp | None = None
     try:
-        tasks = [asyncio.create_task(relay.run(), name="relay")]
         if sock is not None:
-            server = _Server(
-                uvicorn.Config(
-                    create_app(relay, dsn, allow_origins=allow_origins, max_clients=max_clients),
-                    log_config=None,
-                    access_log=False,
-                    lifespan="on",
-                    timeout_graceful_shutdown=int(_STOP_GRACE),
-                )
+            app = RelayApp(
+                relay, dsn, allow_origins=allow_origins, max_clients=max_clients, labels=labels
             )
-            tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
+            await app.start(sock)
             host, port = sock.getsockname()[:2]
             logger.info(
                 "serving http://%s/ (SSE at /events)",
-                _netloc(host, port),
+                netloc(host, port),
                 extra={"action": "http_listening"},
             )
-        # Either task ending (a stop, or a failure such as a closed stdout)
-        # stops the other.
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        request_stop()
-        _, pending = await asyncio.wait(tasks, timeout=_STOP_GRACE)
-        for task in pending:
-            task.cancel()
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        await relay.run()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if app is not None:
+            await asyncio.wait_for(app.close(), _STOP_GRACE)
         if sock is not None:
             sock.close()
+
+
+def raise_open_file_limit(max_clients: int | None) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the clients it allows.
+
+    Says so on stderr (a warning) when that is fewer than ``max_clients``
+    (or CLIENTS_WANTED without a cap).
+    """
+    wanted = (max_clients or CLIENTS_WANTED) + _SPARE_FILES
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return wanted - _SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else max(soft, hard)
+    if soft != target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    allowed = (
+        wanted - _SPARE_FILES if soft == resource.RLIM_INFINITY else max(0, soft - _SPARE_FILES)
+    )
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        logger.warning(
+            "the open-file limit (%d, hard limit %d) allows about %d SSE clients, fewer than "
+            "%d; raise it (ulimit -n, or LimitNOFILE= in the systemd unit) to serve more",
+            soft,
+            hard,
+            allowed,
+            wanted - _SPARE_FILES,
+            extra={"action": "relay_open_file_limit"},
+        )
+    return allowed
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -140,32 +167,35 @@ def stdout_sink(out: TextIO, bar_id: UUID | None, relay: Relay) -> Sink:
     return write
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: any free port), or ConfigError."""
+def listen_socket(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port), or ConfigError.
+
+    ``reuse_port``: SO_REUSEPORT, so that several workers' sockets share the
+    port and the kernel spreads new connections over them; ``listen`` False:
+    only bound (a worker's parent holds the port that way, taking no
+    connection itself).
+    """
     sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(2048)
+        if listen:
+            sock.listen(4096)
     except OSError as exc:
         if sock is not None:
             sock.close()
         reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot listen on {_netloc(host, port)}: {reason}") from exc
+        raise ConfigError(f"cannot listen on {netloc(host, port)}: {reason}") from exc
     sock.setblocking(False)
     return sock
 
 
-def _netloc(host: str, port: int) -> str:
+def netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: serve() stops both parts."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield

@@ -6,181 +6,162 @@ event's JSON line. ``?bar_id=`` keeps one bar's events (an unknown bar is
 ``EVENT_ID`` from older clients) resumes the stream:
 
 * a position the log can honour replays the missed events from the table
-  (through the pool), then the stream goes live: the replay covers
-  ``(Last-Event-ID, joined_at]`` and the subscription everything after
-  ``joined_at``, so nothing is skipped or repeated;
+  (through the pool), then the stream goes live: the client joins the
+  fan-out first, at the relay's position ``joined_at``; the replay covers
+  ``(Last-Event-ID, joined_at]`` and what the relay hands on meanwhile waits
+  in the client's pending list, so nothing is skipped or repeated;
 * any other position (pruned, past the newest event, of another log) gets a
   first frame ``event: reset`` whose ``id:`` is the newest event's position
   and whose ``data:`` says why; the stream then goes live from there. A prune
   that overtakes a replay resets it the same way.
 
-A client that falls more than the relay's backlog behind is disconnected;
-its EventSource reconnects with Last-Event-ID and catches up from the table.
-Past ``max_clients`` open streams a new one gets 503 with Retry-After.
-
-This endpoint is a plain ASGI app rather than a StreamingResponse: with a
-thousand clients every microsecond per frame counts, so each frame is one
-``send`` and the frames of one batch are joined once for every client that
-gets that batch.
+The position checks and resets are the log cursor's (:mod:`.log`), the
+writes the fan-out's (:mod:`.fanout`). Past ``max_clients`` open streams a
+new one gets 503 with Retry-After.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import OrderedDict
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from starlette.datastructures import QueryParams
-from starlette.exceptions import HTTPException
-from starlette.types import Receive, Scope, Send
 
-from mpesa_sync.errors import SubscriptionLagged, first_line
+from mpesa_sync.errors import HttpError, first_line
 from mpesa_sync.relay.events import Position, Reset
-from mpesa_sync.relay.listener import (
-    PAGE_SIZE,
-    Item,
-    Page,
-    Relay,
-    Subscription,
-    read_log_state,
-    read_page,
-)
+from mpesa_sync.relay.fanout import Client, Hub
+from mpesa_sync.relay.http import HttpConnection, Request, Response
+from mpesa_sync.relay.listener import Relay
+from mpesa_sync.relay.log import LogCursor, Page, read_log_state, read_page
+from mpesa_sync.relay.wire import RETRY_FRAME, STREAM_HEADERS, response_head
 
 logger = logging.getLogger(__name__)
 
-# An EventSource waits this long before it reconnects after the stream ends.
-_RETRY_FRAME = b"retry: 1000\n\n"
-_KEEPALIVE_FRAME = b": keepalive\n\n"
-_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
-]
 RETRY_AFTER_SECONDS = 5  # what a client refused at the cap is told to wait
+KNOWN_BARS = 100_000  # bar ids remembered as existing, so a reconnect asks nothing
 
 
 class EventStream:
-    """The ``/events`` endpoint; ``relay`` and ``pool`` are read from app state."""
+    """The ``/events`` endpoint."""
 
-    def __init__(self, max_clients: int | None = None) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        hub: Hub,
+        pool: AsyncConnectionPool[Any],
+        *,
+        max_clients: int | None = None,
+    ) -> None:
+        self.relay = relay
+        self.hub = hub
+        self.pool = pool
         self.max_clients = max_clients
-        self._frames = _Frames()
+        self._known_bars: set[UUID] = set()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "GET":
-            raise HTTPException(405, "/events takes GET only")
-        state = scope["app"].state
-        relay: Relay = state.relay
-        bar_id = parse_bar_id(_query_param(scope, "bar_id"))
-        position = parse_last_event_id(_header(scope, b"last-event-id"))
-        self._admit(relay)  # before the query too: a full relay asks nothing of the database
-        reset: Reset | None = None
-        after = position.event_id if position is not None else None
-        generation = relay.generation
-        if bar_id is not None or position is not None:
-            async with state.pool.connection() as conn:
-                log, bar_exists = await read_log_state(conn, bar_id)
+    async def __call__(
+        self, request: Request, conn: HttpConnection, extra_headers: list[tuple[str, str]]
+    ) -> Response | None:
+        if request.method != "GET":
+            raise HttpError(405, "/events takes GET only")
+        bar_id = parse_bar_id(request.param("bar_id"))
+        position = parse_last_event_id(request.headers.get("last-event-id"))
+        self._admit()  # before the query too: a full relay asks nothing of the database
+        relay = self.relay
+        known = bar_id is None or bar_id in self._known_bars
+        recent = relay.recent.after(position, bar_id) if position and known else None
+        if recent is not None and conn.transport is not None:
+            # Covered by the events the relay holds: replayed from memory, no query.
+            client = Client(conn.transport, bar_id, relay.last_event_id)
+            self.hub.add(client)
+            conn.start_stream(client)
+            head = response_head(200, [*STREAM_HEADERS, *extra_headers]) + RETRY_FRAME
+            conn.write(head + b"".join(e.sse for e in recent))
+            return None
+        cursor = LogCursor(Position(relay.last_event_id, relay.generation))
+        reset = None
+        if position is not None or (bar_id is not None and bar_id not in self._known_bars):
+            async with self.pool.connection() as db_conn:
+                log, bar_exists = await read_log_state(db_conn, bar_id)
             if not bar_exists:
-                raise HTTPException(404, f"no bar {bar_id}")
-            generation = log.generation
-            reason = log.invalid(position) if position is not None else None
-            if reason is not None:
-                reset, after = Reset.of(reason, log), log.newest_event_id
-                relay.stats.client_resets += 1
-            self._admit(relay)
-        sub = relay.subscribe(bar_id=bar_id, after=after)
-        try:
-            # The first page of a replay is read before the response starts,
-            # so that a database failure can still be answered with 503.
-            page = None
-            if after is not None and after < sub.joined_at:
-                page = await _replay_page(state.pool, bar_id, after, sub.joined_at)
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            watcher = asyncio.create_task(_close_on_disconnect(receive, sub))
-            try:
-                await _body(send, _RETRY_FRAME)
+                raise HttpError(404, f"no bar {bar_id}")
+            self._remember(bar_id)
+            if position is not None:
+                cursor.position = position
+                reset = cursor.check(log)
                 if reset is not None:
-                    await _body(send, reset.sse)
-                await self._stream(relay, state.pool, sub, page, after, generation, send)
-            finally:
-                watcher.cancel()
-        finally:
-            sub.close()
+                    self.hub.stats.client_resets += 1
+            self._admit()
+        if conn.transport is None or conn.closed:
+            return None
+        joined_at = relay.last_event_id
+        client = Client(conn.transport, bar_id, max(cursor.position.event_id, joined_at))
+        replay = cursor.position.event_id < joined_at
+        if replay:
+            client.pending = []
+        self.hub.add(client)
+        conn.start_stream(client)
+        try:
+            # The first page of a replay is read before the answer starts, so
+            # that a database failure can still be answered with 503.
+            page = await self._page(bar_id, cursor.position.event_id, joined_at) if replay else None
+        except BaseException:
+            self.hub.remove(client)
+            raise
+        head = response_head(200, [*STREAM_HEADERS, *extra_headers]) + RETRY_FRAME
+        conn.write(head + (reset.sse if reset is not None else b""))
+        if page is not None:
+            await self._replay(conn, client, cursor, page, joined_at)
+        return None
 
-    def _admit(self, relay: Relay) -> None:
-        if self.max_clients is not None and relay.subscribers >= self.max_clients:
-            relay.stats.refused += 1
-            raise HTTPException(
+    def _admit(self) -> None:
+        if self.max_clients is not None and self.hub.count >= self.max_clients:
+            self.hub.stats.refused += 1
+            raise HttpError(
                 503,
                 f"the relay serves at most {self.max_clients} streams; try again later",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
 
-    async def _stream(
-        self,
-        relay: Relay,
-        pool: AsyncConnectionPool[Any],
-        sub: Subscription,
-        page: Page | None,
-        after: int | None,
-        generation: UUID | None,
-        send: Send,
+    def _remember(self, bar_id: UUID | None) -> None:
+        if bar_id is not None:
+            if len(self._known_bars) >= KNOWN_BARS:
+                self._known_bars.clear()
+            self._known_bars.add(bar_id)
+
+    async def _page(self, bar_id: UUID | None, after: int, upto: int) -> Page:
+        async with self.pool.connection() as db_conn:
+            return await read_page(db_conn, after, bar_id=bar_id, upto=upto)
+
+    async def _replay(
+        self, conn: HttpConnection, client: Client, cursor: LogCursor, first: Page, joined_at: int
     ) -> None:
+        """Send ``(position, joined_at]`` from the table, then the live items held meanwhile."""
+        pages = [first]
+
+        async def fetch(after: int) -> Page:
+            return pages.pop() if pages else await self._page(client.bar_id, after, joined_at)
+
         try:
-            while page is not None and after is not None:
-                # Read in one snapshot with its events: a prune that overtook
-                # the replay, or a log replaced under it, is a reset.
-                reason = page.log.invalid(Position(after, generation))
-                if reason is not None:
-                    reset = Reset.of(reason, page.log)
-                    relay.stats.client_resets += 1
-                    await _body(send, reset.sse)
-                    generation, after = reset.generation, reset.newest_event_id
-                    sub.skip_through(after)
-                else:
-                    events = [e for e in page.events if e.event_id > after]
-                    if events:  # read for this client alone: nothing to share
-                        await _body(send, b"".join(e.sse for e in events))
-                        after = events[-1].event_id
-                    if len(page.events) <= PAGE_SIZE:
-                        break
-                if after >= sub.joined_at:
-                    break
-                page = await _replay_page(pool, sub.bar_id, after, sub.joined_at)
-            while (items := await sub.next()) is not None:
-                await _body(send, self._frames.join(items) if items else _KEEPALIVE_FRAME)
-        except SubscriptionLagged:
-            logger.info(
-                "dropped an SSE client that fell behind; it resumes with Last-Event-ID",
-                extra={"action": "sse_client_lagged"},
-            )
+            async for items in cursor.read(fetch, upto=joined_at):
+                if client.transport.is_closing():
+                    return
+                if isinstance(items[0], Reset):
+                    self.hub.stats.client_resets += 1
+                # read for this client alone: nothing to share
+                self.hub.send(client, b"".join(item.sse for item in items))
+                await conn.drain()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             logger.warning(
                 "SSE replay failed (%s); the client resumes with Last-Event-ID",
                 first_line(exc),
                 extra={"action": "sse_replay_failed"},
             )
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def heartbeat(relay: Relay, seconds: float) -> None:
-    """Every ``seconds``, let each idle SSE stream send a keepalive comment."""
-    while True:
-        await asyncio.sleep(seconds)
-        relay.tick()
-
-
-async def _replay_page(
-    pool: AsyncConnectionPool[Any], bar_id: UUID | None, after: int, upto: int
-) -> Page:
-    """The log's state and the events from ``after`` up to ``upto``, a page of them."""
-    async with pool.connection() as conn:
-        # One more than a page: the read includes the event at `after` itself.
-        return await read_page(conn, after, bar_id=bar_id, upto=upto, limit=PAGE_SIZE + 1)
+            self.hub.remove(client)
+            client.transport.close()
+            return
+        self.hub.go_live(client, cursor.position.event_id)
 
 
 def parse_bar_id(value: str | None) -> UUID | None:
@@ -190,7 +171,7 @@ def parse_bar_id(value: str | None) -> UUID | None:
     try:
         return UUID(value)
     except ValueError as exc:
-        raise HTTPException(400, f"malformed bar id {value[:64]!r}: expected a UUID") from exc
+        raise HttpError(400, f"malformed bar id {value[:64]!r}: expected a UUID") from exc
 
 
 def parse_last_event_id(value: str | None) -> Position | None:
@@ -200,54 +181,6 @@ def parse_last_event_id(value: str | None) -> Position | None:
     try:
         return Position.parse(value)
     except ValueError:
-        raise HTTPException(
+        raise HttpError(
             400, "malformed Last-Event-ID: expected EVENT_ID or GENERATION:EVENT_ID"
         ) from None
-
-
-class _Frames:
-    """Joined SSE frames, shared by the clients that are sent the same items.
-
-    A list of items is named by its first item, its last item and its length:
-    every list a subscription returns is drawn from the relay's one ordered
-    stream of distinct objects, so two lists with the same three are the same
-    items. The cache holds the first and last items, so that while an entry
-    lives no other object can take their ids.
-    """
-
-    def __init__(self, size: int = 64) -> None:
-        self._size = size
-        self._cache: OrderedDict[tuple[int, int, int], tuple[Item, Item, bytes]] = OrderedDict()
-
-    def join(self, items: list[Item]) -> bytes:
-        if len(items) == 1:
-            return items[0].sse
-        first, last = items[0], items[-1]
-        key = (id(first), id(last), len(items))
-        entry = self._cache.get(key)
-        if entry is None:
-            entry = self._cache[key] = (first, last, b"".join(item.sse for item in items))
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        return entry[2]
-
-
-async def _body(send: Send, data: bytes) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": True})
-
-
-async def _close_on_disconnect(receive: Receive, sub: Subscription) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    sub.close()
-
-
-def _query_param(scope: Scope, name: str) -> str | None:
-    return QueryParams(scope.get("query_string", b"")).get(name)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None

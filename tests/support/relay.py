@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -23,9 +24,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 
-from mpesa_sync.relay.app import create_app
+from mpesa_sync.relay.app import RelayApp
 from mpesa_sync.relay.listener import Relay
 from mpesa_sync.relay.service import listen_socket
 from tests.support.database import Database
@@ -35,30 +35,28 @@ EVENT_FIELDS = {"event_id", "bar_id", "mpesa_enabled", "source", "at"}
 
 @asynccontextmanager
 async def serving(relay: Relay, dsn: str, **app_options: Any) -> AsyncIterator[str]:
-    """The relay's HTTP app under uvicorn on a free port, in this event loop;
-    yields its base URL once the server has started, and stops it on exit."""
+    """The relay's HTTP app on a free port, in this event loop; yields its
+    base URL once it is listening, and stops it on exit."""
     sock = listen_socket("127.0.0.1", 0)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(relay, dsn, **app_options), log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-
-    async def started() -> None:
-        while not server.started:  # uvicorn sets a flag and offers nothing to await
-            await asyncio.sleep(0.01)
-
+    app = RelayApp(relay, dsn, **app_options)
+    await app.start(sock)
     try:
-        await asyncio.wait_for(started(), 20)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(app.close(), 20)
+        sock.close()
 
 
 class RelayProcess:
     """`mpesa-sync relay` in a subprocess; its output lines land in queues."""
 
-    def __init__(self, dsn: str, *args: str) -> None:
+    def __init__(self, dsn: str, *args: str, nofile: tuple[int, int] | None = None) -> None:
+        """``nofile``: the (soft, hard) open-file limit the relay starts with."""
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mpesa_sync", "relay", "--dsn", dsn, *args],
             stdout=subprocess.PIPE,
@@ -66,6 +64,7 @@ class RelayProcess:
             text=True,
             bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit if nofile is not None else None,
         )
         self.stdout: queue.Queue[str] = queue.Queue()
         self.stderr: queue.Queue[str] = queue.Queue()

@@ -44,7 +44,7 @@ def test_every_error_of_the_package_derives_from_the_base_and_carries_no_exit_co
                 and value.__module__.startswith("mpesa_sync")
             ):
                 found.append(value)
-    assert errors.SubscriptionLagged in found and errors.DatabaseError in found
+    assert errors.HttpError in found and errors.DatabaseError in found
     assert [e for e in found if not issubclass(e, errors.MpesaSyncError)] == []
     assert [e for e in found if hasattr(e, "exit_code")] == []
     assert {e.__module__ for e in found} == {"mpesa_sync.errors"}

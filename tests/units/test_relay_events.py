@@ -22,16 +22,15 @@ from mpesa_sync.relay.events import (
     StatusEvent,
     payload_event_id,
 )
+from tests.support.events import GENERATION, status_row
 
 pytestmark = pytest.mark.no_database
-
-GENERATION = uuid.UUID("0b5c7a9e-3d1f-4e2a-9c8b-7f6e5d4c3b2a")
 
 
 def test_status_event_is_encoded_once_as_a_line_and_a_frame() -> None:
     bar = uuid.UUID(int=7)
     at = datetime(2026, 11, 26, 9, 30, tzinfo=timezone(timedelta(hours=3)))
-    event = StatusEvent.from_row((42, bar, True, "credentials", at), GENERATION)
+    event = StatusEvent.from_row(status_row(42, bar, True, "credentials", at), GENERATION)
     assert json.loads(event.line) == {
         "event_id": 42,
         "bar_id": str(bar),
