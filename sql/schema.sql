@@ -10,9 +10,8 @@
 --   mpesa_credentials row (tenant_id = bars.id) whose is_active is true.
 --   NULL counts as false; a bar with no row is false.
 --
--- Objects that carry behaviour carry a version (_v1, _v2). A behaviour change adds
--- _v2 in a new migration and a later migration drops _v1, so a rolling upgrade
--- never sees a function change under it.
+-- Objects that carry behaviour carry a version (_v1, _v2, _v3). A behaviour change
+-- adds the next version in a new migration, which drops the one it replaces.
 --
 -- Every function that touches host tables is SECURITY DEFINER with
 -- search_path pinned to pg_catalog, pg_temp and fully qualified names, so a
@@ -48,7 +47,7 @@ CREATE INDEX alerts_open_idx
     WHERE acknowledged_at IS NULL;
 
 -- One row per real change of a bar's mpesa_enabled. event_id order is commit
--- order (see publish_status_events_v2), so a reader that remembers the last id
+-- order (see publish_status_events_v3), so a reader that remembers the last id
 -- it delivered can resume without skipping or repeating an event.
 CREATE TABLE mpesa_sync.status_events (
     event_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -65,7 +64,7 @@ CREATE INDEX status_events_bar_idx
 -- SERIALIZABLE). Such a transaction cannot see a credential change committed
 -- after its snapshot, so before it syncs a bar it checks that none was: a
 -- changed or deleted row shows when the transaction locks the rows it can see
--- (see check_snapshot_v2), but a row added to the bar after its snapshot is
+-- (see credentials_changed_v3), but a row added to the bar after its snapshot is
 -- invisible. Every statement that adds a row to a bar (an INSERT, or an
 -- UPDATE that moves a row to another bar) therefore bumps the bar's token,
 -- and so does every credential write of such a transaction: bumping a token
@@ -80,7 +79,7 @@ CREATE TABLE mpesa_sync.bar_write_tokens (
 -- The status changes of transactions still in flight: one row per bar a
 -- transaction changed, with the value the bar had before the transaction
 -- first changed it and the value it has now. Written whenever a bar's
--- mpesa_enabled changes (by record_status_changes_v2, within the statement
+-- mpesa_enabled changes (by credentials_changed_v3 or record_status_changes_v3, within the statement
 -- that changed it, so a rolled-back savepoint takes its rows with it), turned
 -- into status events and deleted by the same transaction when it commits.
 -- Rows of other transactions are never visible, so nothing here is shared.
@@ -157,189 +156,277 @@ $$;
 
 -- Sync -------------------------------------------------------------------------
 
--- Bump the write tokens of the given bars, in bar id order; only bars that
--- exist (a bar deleted in this transaction needs no trace).
-CREATE FUNCTION mpesa_sync.bump_tokens_v2(p_bar_ids uuid[])
-RETURNS void
-LANGUAGE sql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
-    SELECT b.id
-    FROM public.bars AS b
-    WHERE b.id = ANY (p_bar_ids)
-    ORDER BY b.id
-    ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
-$$;
-
--- Under REPEATABLE READ or SERIALIZABLE, fail with a serialization failure
--- (40001) rather than sync from a snapshot that misses a credential change
--- of these bars committed after it (see bar_write_tokens). The caller retries
--- in a new transaction, which sees the change.
+-- AFTER ... FOR EACH STATEMENT on mpesa_credentials (INSERT, UPDATE, DELETE):
+-- bring the bars the statement touched in line with their credentials, in
+-- the caller's transaction.
 --
--- 1. Bump the tokens of the bars, in bar id order: a transaction committed
---    after our snapshot that added a row to one of them bumped it too.
--- 2. Lock the credential rows of the bars that our snapshot sees: a row
---    changed or deleted by a transaction committed after our snapshot fails
---    the lock with 40001. A row another transaction is changing right now
---    would make us wait for it while it may wait for our bar locks, so we do
---    not wait: its lock is a serialization failure too.
-CREATE FUNCTION mpesa_sync.check_snapshot_v2(p_bar_ids uuid[])
-RETURNS void
+-- 1. The touched bars (only rows whose is_active or tenant_id changed; a row
+--    that moved recomputes both bars), locked in id order FOR NO KEY UPDATE,
+--    each with the value it has now. Writers of one bar take turns here, so
+--    two transactions that each change a different credential row of one bar
+--    cannot both decide from a snapshot that misses the other's change;
+--    writers of different bars lock different rows. (NO KEY UPDATE does not
+--    conflict with the KEY SHARE lock of a credential insert's foreign key
+--    check.) Each bar is locked by its own index lookup (the LATERAL
+--    subquery), in the order of the sorted touched ids, at every size.
+-- 2. REPEATABLE READ and SERIALIZABLE: the snapshot check (see
+--    bar_write_tokens). READ COMMITTED: the tokens of bars a row was added to.
+-- 3. Recompute in a new statement, which under READ COMMITTED takes a fresh
+--    snapshot and so sees every change committed by a writer we waited for
+--    in step 1; write the bars whose value changes and stage each change for
+--    publish_status_events_v3, in the same statement.
+--
+-- The bars are written with mpesa_sync.sync_depth set to this trigger depth:
+-- the correction trigger and the staging trigger on bars skip exactly that
+-- write (the value was computed under the row lock, and is staged here).
+CREATE FUNCTION mpesa_sync.credentials_changed_v3()
+RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM mpesa_sync.bump_tokens_v2(p_bar_ids);
-    BEGIN
-        PERFORM 1
-        FROM public.mpesa_credentials AS c
-        WHERE c.tenant_id = ANY (p_bar_ids)
-        FOR SHARE NOWAIT;
-    EXCEPTION WHEN lock_not_available THEN
-        RAISE EXCEPTION 'mpesa_sync: a credential of a bar being synced is being changed concurrently'
-            USING ERRCODE = 'serialization_failure',
-                  HINT = 'retry the transaction';
-    END;
-END
-$$;
-
--- Bring the given bars in line with their credentials, in the caller's
--- transaction. Called by the credential triggers and save_settings with the
--- bars a statement touched (distinct ids) and, of those, the bars it added a
--- credential row to (see bar_write_tokens).
---
--- 1. Lock the bars' rows in id order, FOR NO KEY UPDATE: the lock an UPDATE
---    of bars takes, and the one a hand-written dual write would hold too.
---    Writers of one bar take turns here: two transactions that each change a
---    different credential row of one bar cannot both decide from a snapshot
---    that misses the other's change. Writers of different bars lock
---    different rows and never wait on each other. (NO KEY UPDATE does not
---    conflict with the KEY SHARE lock a credential insert's foreign key
---    check takes on the bar.)
--- 2. The traces of step 1 in bar_write_tokens, and the snapshot check of
---    REPEATABLE READ and SERIALIZABLE transactions.
--- 3. Recompute in a new statement: under READ COMMITTED it takes a fresh
---    snapshot, so it sees every credential change committed by a writer we
---    waited for in step 1. Only real changes are written; each one is
---    recorded by record_status_changes_v2 for publishing at commit.
---
--- One bar: statements with a scalar parameter, whose plans are index lookups
--- of that bar at every table size. More bars: dynamic SQL, planned for the
--- actual array, so that 100,000 bars can take hash joins and 3 bars index
--- lookups; a generic plan would fix one choice for both (v1 did, and at a
--- thousand bars its hashed EXISTS read every credential for one toggle).
-CREATE FUNCTION mpesa_sync.sync_bars_v2(p_bar_ids uuid[], p_added_to uuid[])
-RETURNS void
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
 DECLARE
+    v_bar_ids uuid[];
+    v_was boolean[];
+    v_added_to uuid[];
+    v_visible bigint;
+    v_locked bigint;
+    v_setting text;
+    v_rows bigint;
     v_bar_id uuid;
+    v_old_bar uuid;
+    v_old_active boolean;
+    v_new_active boolean;
+    v_was_one boolean;
     v_expected boolean;
+    v_one boolean := false;
 BEGIN
-    IF coalesce(cardinality(p_bar_ids), 0) = 0 THEN
-        RETURN;
-    ELSIF cardinality(p_bar_ids) = 1 THEN
-        v_bar_id := p_bar_ids[1];
-        PERFORM 1
+    -- One row, one bar: the statements of a toggle, each an index lookup of
+    -- that bar. (LIMIT 2 tells one row from more without reading them all.)
+    IF TG_OP = 'UPDATE' THEN
+        SELECT o.tenant_id, o.is_active, n.tenant_id, n.is_active, count(*) OVER ()
+        INTO v_old_bar, v_old_active, v_bar_id, v_new_active, v_rows
+        FROM (SELECT o.tenant_id, o.is_active FROM old_rows AS o LIMIT 2) AS o
+        CROSS JOIN (SELECT n.tenant_id, n.is_active FROM new_rows AS n LIMIT 2) AS n
+        LIMIT 1;
+        IF v_rows = 1 AND v_old_bar = v_bar_id THEN
+            IF v_old_active IS NOT DISTINCT FROM v_new_active THEN
+                RETURN NULL;  -- nothing the rule reads changed
+            END IF;
+        ELSE
+            v_bar_id := NULL;
+        END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT n.tenant_id, count(*) OVER ()
+        INTO v_bar_id, v_rows
+        FROM (SELECT n.tenant_id FROM new_rows AS n LIMIT 2) AS n
+        LIMIT 1;
+    ELSE
+        SELECT o.tenant_id, count(*) OVER ()
+        INTO v_bar_id, v_rows
+        FROM (SELECT o.tenant_id FROM old_rows AS o LIMIT 2) AS o
+        LIMIT 1;
+    END IF;
+
+    IF v_rows = 1 AND v_bar_id IS NOT NULL THEN
+        SELECT b.mpesa_enabled INTO v_was_one
         FROM public.bars AS b
         WHERE b.id = v_bar_id
         FOR NO KEY UPDATE;
-    ELSE
-        -- A statement over many bars may scan whole tables (the function's
-        -- SET clause restores the setting when it returns).
-        PERFORM set_config('enable_seqscan', 'on', true);
-        EXECUTE $sql$
-            SELECT 1
+        IF NOT FOUND THEN
+            RETURN NULL;  -- the bar is gone (deleted in this transaction)
+        END IF;
+        v_one := true;
+        v_bar_ids := ARRAY[v_bar_id];
+        IF TG_OP = 'INSERT' THEN
+            v_added_to := v_bar_ids;
+        END IF;
+    -- Many rows: the same steps as one set-based statement each.
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(b.id), array_agg(b.mpesa_enabled), array_agg(b.id) FILTER (WHERE t.added)
+        INTO v_bar_ids, v_was, v_added_to
+        FROM (
+            -- FULL JOIN pairs the old and new rows with a hash join at every
+            -- size (transition tables carry no statistics; a nested loop
+            -- would be quadratic).
+            SELECT t.bar_id, bool_or(t.added) AS added
+            FROM old_rows AS o
+            FULL JOIN new_rows AS n ON n.id = o.id
+            CROSS JOIN LATERAL (
+                VALUES (o.tenant_id, false),
+                       (n.tenant_id, o.tenant_id IS DISTINCT FROM n.tenant_id)
+            ) AS t (bar_id, added)
+            WHERE t.bar_id IS NOT NULL
+              AND (o.id IS NULL
+                   OR n.id IS NULL
+                   OR o.tenant_id IS DISTINCT FROM n.tenant_id
+                   OR o.is_active IS DISTINCT FROM n.is_active)
+            GROUP BY t.bar_id
+            ORDER BY t.bar_id
+        ) AS t
+        CROSS JOIN LATERAL (
+            SELECT b.id, b.mpesa_enabled
             FROM public.bars AS b
-            WHERE b.id = ANY ($1)
-            ORDER BY b.id
+            WHERE b.id = t.bar_id
             FOR NO KEY UPDATE
-        $sql$ USING p_bar_ids;
+        ) AS b;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(b.id), array_agg(b.mpesa_enabled), array_agg(b.id)
+        INTO v_bar_ids, v_was, v_added_to
+        FROM (
+            SELECT DISTINCT n.tenant_id AS bar_id FROM new_rows AS n ORDER BY 1
+        ) AS t
+        CROSS JOIN LATERAL (
+            SELECT b.id, b.mpesa_enabled
+            FROM public.bars AS b
+            WHERE b.id = t.bar_id
+            FOR NO KEY UPDATE
+        ) AS b;
+    ELSE  -- DELETE
+        SELECT array_agg(b.id), array_agg(b.mpesa_enabled)
+        INTO v_bar_ids, v_was
+        FROM (
+            SELECT DISTINCT o.tenant_id AS bar_id FROM old_rows AS o ORDER BY 1
+        ) AS t
+        CROSS JOIN LATERAL (
+            SELECT b.id, b.mpesa_enabled
+            FROM public.bars AS b
+            WHERE b.id = t.bar_id
+            FOR NO KEY UPDATE
+        ) AS b;
     END IF;
 
+    IF v_bar_ids IS NULL THEN
+        RETURN NULL;  -- no bar to sync (none touched, or each deleted with its bar)
+    END IF;
+
+    -- 2.
     IF current_setting('transaction_isolation') <> 'read committed' THEN
-        PERFORM mpesa_sync.check_snapshot_v2(p_bar_ids);
-    ELSIF cardinality(p_added_to) > 0 THEN
-        PERFORM mpesa_sync.bump_tokens_v2(p_added_to);
+        -- Bump every bar's token: one that a transaction committed after our
+        -- snapshot bumped is a serialization failure.
+        INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+        SELECT u.bar_id FROM unnest(v_bar_ids) AS u (bar_id) ORDER BY u.bar_id
+        ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
+        -- Lock the credential rows our snapshot sees: a row changed or deleted
+        -- by a transaction committed after our snapshot fails the lock with
+        -- 40001; a row another transaction is changing right now is skipped
+        -- (waiting for it could deadlock with our bar locks) and counted.
+        SELECT count(*),
+               count(*) FILTER (WHERE EXISTS (
+                   SELECT 1
+                   FROM public.mpesa_credentials AS l
+                   WHERE l.id = c.id
+                   FOR SHARE SKIP LOCKED
+               ))
+        INTO v_visible, v_locked
+        FROM public.mpesa_credentials AS c
+        WHERE c.tenant_id = ANY (v_bar_ids);
+        IF v_locked < v_visible THEN
+            RAISE EXCEPTION 'mpesa_sync: a credential of a bar being synced is being changed concurrently'
+                USING ERRCODE = 'serialization_failure',
+                      HINT = 'retry the transaction';
+        END IF;
+    ELSIF v_added_to IS NOT NULL THEN
+        INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
+        SELECT u.bar_id FROM unnest(v_added_to) AS u (bar_id) ORDER BY u.bar_id
+        ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
     END IF;
 
-    IF v_bar_id IS NOT NULL THEN
+    -- 3.
+    IF v_one THEN
         v_expected := EXISTS (
             SELECT 1
             FROM public.mpesa_credentials AS c
             WHERE c.tenant_id = v_bar_id
               AND c.is_active
         );
+        IF v_expected IS NOT DISTINCT FROM v_was_one THEN
+            RETURN NULL;
+        END IF;
+        v_setting := set_config('mpesa_sync.sync_depth', pg_trigger_depth()::text, true);
         UPDATE public.bars AS b
         SET mpesa_enabled = v_expected
-        WHERE b.id = v_bar_id
-          AND b.mpesa_enabled IS DISTINCT FROM v_expected;
-    ELSE
-        EXECUTE $sql$
-            UPDATE public.bars AS b
-            SET mpesa_enabled = s.expected
-            FROM mpesa_sync.bar_status_v1 AS s
-            WHERE s.bar_id = b.id
-              AND s.bar_id = ANY ($1)
-              AND s.mpesa_enabled IS DISTINCT FROM s.expected
-        $sql$ USING p_bar_ids;
+        WHERE b.id = v_bar_id;
+        v_setting := set_config('mpesa_sync.sync_depth', '', true);
+        IF FOUND THEN  -- a host trigger may have skipped the row
+            INSERT INTO mpesa_sync.pending_changes AS p (
+                xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
+            )
+            SELECT pg_current_xact_id(), v_bar_id, v_was_one, v_expected, 'credentials',
+                   NOT EXISTS (
+                       SELECT 1 FROM mpesa_sync.pending_changes AS q
+                       WHERE q.xid = pg_current_xact_id()
+                   )
+            ON CONFLICT (xid, bar_id) DO UPDATE
+            SET mpesa_enabled = excluded.mpesa_enabled,
+                source = excluded.source;
+        END IF;
+        RETURN NULL;
     END IF;
+    v_setting := set_config('mpesa_sync.sync_depth', pg_trigger_depth()::text, true);
+    WITH changed AS (
+        UPDATE public.bars AS b
+        SET mpesa_enabled = s.expected
+        FROM (
+            -- The rule, as in bar_status_v1, as a LATERAL probe: an index
+            -- lookup per bar at every size, where a generic plan of EXISTS
+            -- may hash every active credential.
+            SELECT u.bar_id, u.was, a.active IS NOT NULL AS expected
+            FROM unnest(v_bar_ids, v_was) AS u (bar_id, was)
+            LEFT JOIN LATERAL (
+                SELECT true AS active
+                FROM public.mpesa_credentials AS c
+                WHERE c.tenant_id = u.bar_id
+                  AND c.is_active
+                LIMIT 1
+            ) AS a ON true
+        ) AS s
+        WHERE b.id = s.bar_id
+          AND s.was IS DISTINCT FROM s.expected
+        RETURNING b.id, s.was, b.mpesa_enabled
+    )
+    INSERT INTO mpesa_sync.pending_changes AS p (
+        xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
+    )
+    SELECT
+        pg_current_xact_id(),
+        c.id,
+        c.was,
+        c.mpesa_enabled,
+        'credentials',
+        row_number() OVER () = 1 AND NOT EXISTS (
+            SELECT 1 FROM mpesa_sync.pending_changes AS q WHERE q.xid = pg_current_xact_id()
+        )
+    FROM changed AS c
+    ON CONFLICT (xid, bar_id) DO UPDATE
+    SET mpesa_enabled = excluded.mpesa_enabled,
+        source = excluded.source;
+    v_setting := set_config('mpesa_sync.sync_depth', '', true);
+    RETURN NULL;
 END
 $$;
 
--- AFTER ... FOR EACH STATEMENT on mpesa_credentials: the bars a statement
--- touched, then sync_bars_v2. As in v1, one function for every operation; each
--- branch names only the transition tables its trigger has.
-CREATE FUNCTION mpesa_sync.credentials_changed_v2()
+-- AFTER TRUNCATE ... FOR EACH STATEMENT on mpesa_credentials: no credential is
+-- left, so every bar that is not false becomes false. TRUNCATE holds the
+-- table exclusively, so no credential writer runs beside it; the write goes
+-- through the correction and staging triggers like any other write of bars.
+CREATE FUNCTION mpesa_sync.credentials_truncated_v3()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    -- The label of the events this function causes, read by the triggers
-    -- it fires. Set here with set_config() and restored on the way out
-    -- (a function's SET clause of a custom setting needs a superuser).
+    -- The label of the events this function causes, read by the staging
+    -- trigger; put back on the way out.
     v_source_before text := current_setting('mpesa_sync.source', true);
-    v_bar_ids uuid[];
-    v_added_to uuid[] := '{}';
 BEGIN
     PERFORM set_config('mpesa_sync.source', 'credentials', true);
-    IF TG_OP = 'INSERT' THEN
-        v_bar_ids := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows AS n);
-        v_added_to := v_bar_ids;
-    ELSIF TG_OP = 'DELETE' THEN
-        v_bar_ids := ARRAY(SELECT DISTINCT o.tenant_id FROM old_rows AS o);
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- Only rows whose is_active or tenant_id changed; a row that moved
-        -- between bars recomputes both, and was added to the second.
-        SELECT coalesce(array_agg(DISTINCT t.bar_id), '{}'),
-               coalesce(array_agg(DISTINCT t.bar_id) FILTER (WHERE t.added), '{}')
-        INTO v_bar_ids, v_added_to
-        FROM old_rows AS o
-        FULL JOIN new_rows AS n ON n.id = o.id
-        CROSS JOIN LATERAL (
-            VALUES (o.tenant_id, false),
-                   (n.tenant_id, o.tenant_id IS DISTINCT FROM n.tenant_id)
-        ) AS t (bar_id, added)
-        WHERE t.bar_id IS NOT NULL
-          AND (o.id IS NULL
-               OR n.id IS NULL
-               OR o.tenant_id IS DISTINCT FROM n.tenant_id
-               OR o.is_active IS DISTINCT FROM n.is_active);
-    ELSE  -- TRUNCATE: no transition tables; every bar that is not false is affected
-        v_bar_ids := ARRAY(
-            SELECT b.id FROM public.bars AS b WHERE b.mpesa_enabled IS DISTINCT FROM false
-        );
-    END IF;
-
-    PERFORM mpesa_sync.sync_bars_v2(v_bar_ids, v_added_to);
+    UPDATE public.bars AS b
+    SET mpesa_enabled = false
+    WHERE b.mpesa_enabled IS DISTINCT FROM false;
     PERFORM set_config('mpesa_sync.source', coalesce(v_source_before, ''), true);
     RETURN NULL;
 END
@@ -367,59 +454,46 @@ BEGIN
 END
 $$;
 
--- AFTER UPDATE ... FOR EACH STATEMENT on bars: every real change of a bar's
--- mpesa_enabled, whoever made it, recorded in pending_changes for
--- publish_status_events_v2 at commit. It replaces v1's emit_status_events_v1,
--- which numbered and announced each change here, under a lock held to commit.
--- The source comes from the function that made the change (set while it runs),
--- else it was a corrected direct write. The value each bar had before the
--- transaction first changed it is kept; the value it has now is updated.
--- Transition tables carry no statistics: enable_nestloop = off keeps a
--- 100k-row UPDATE of bars from joining them with a quadratic nested loop.
-CREATE FUNCTION mpesa_sync.record_status_changes_v2()
+-- AFTER UPDATE ... FOR EACH STATEMENT on bars, for every write of bars but
+-- ours: each real change of a bar's mpesa_enabled,
+-- staged in pending_changes for publish_status_events_v3 at commit. The source
+-- comes from the function that made the change (set while it runs: reconcile,
+-- save_settings), else it was a corrected direct write. A bar changed before
+-- in this transaction keeps the value it had before the transaction and takes
+-- its new value and source from this change. The transaction's first staged
+-- row queues the publish at commit (opens_commit).
+-- FULL JOIN pairs the transition tables with a hash join at every size.
+CREATE FUNCTION mpesa_sync.record_status_changes_v3()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET enable_nestloop = off
 SET enable_seqscan = off
 AS $$
-DECLARE
-    v_xid xid8 := pg_current_xact_id();
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM mpesa_sync.pending_changes AS q WHERE q.xid = v_xid) THEN
-        -- The transaction's first status change: nothing to merge with, and
-        -- one row of it (any one) queues the publish at commit.
-        INSERT INTO mpesa_sync.pending_changes (
-            xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
-        )
-        SELECT
-            v_xid,
-            n.id,
-            o.mpesa_enabled,
-            n.mpesa_enabled,
-            coalesce(nullif(current_setting('mpesa_sync.source', true), ''), 'correction'),
-            row_number() OVER () = 1
-        FROM new_rows AS n
-        JOIN old_rows AS o ON o.id = n.id
-        WHERE o.mpesa_enabled IS DISTINCT FROM n.mpesa_enabled;
+    -- Our own write, staged by credentials_changed_v3: the statement it runs
+    -- at its trigger depth, one below this function's. (The same test as the
+    -- correction trigger's WHEN, made here rather than in a WHEN clause of
+    -- this trigger: a WHEN is read from the catalog for every statement, and
+    -- for one statement costs more than this IF.)
+    IF pg_trigger_depth() > 1
+       AND current_setting('mpesa_sync.sync_depth', true) = (pg_trigger_depth() - 1)::text THEN
         RETURN NULL;
     END IF;
-
-    -- A later statement: a bar changed before keeps the value it had before
-    -- the transaction, and takes its new value and source from this change.
     INSERT INTO mpesa_sync.pending_changes AS p (
         xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
     )
     SELECT
-        v_xid,
+        pg_current_xact_id(),
         n.id,
         o.mpesa_enabled,
         n.mpesa_enabled,
         coalesce(nullif(current_setting('mpesa_sync.source', true), ''), 'correction'),
-        false
+        row_number() OVER () = 1 AND NOT EXISTS (
+            SELECT 1 FROM mpesa_sync.pending_changes AS q WHERE q.xid = pg_current_xact_id()
+        )
     FROM new_rows AS n
-    JOIN old_rows AS o ON o.id = n.id
+    FULL JOIN old_rows AS o ON o.id = n.id
     WHERE o.mpesa_enabled IS DISTINCT FROM n.mpesa_enabled
     ON CONFLICT (xid, bar_id) DO UPDATE
     SET mpesa_enabled = excluded.mpesa_enabled,
@@ -430,26 +504,24 @@ $$;
 
 -- Events at commit ------------------------------------------------------------------
 
--- The deferred constraint trigger on pending_changes: fires once per
--- transaction (see opens_commit), after the transaction's last statement, when it commits (or at
--- PREPARE TRANSACTION, or at SET CONSTRAINTS ALL IMMEDIATE).
+-- The deferred constraint trigger on pending_changes, fired once per
+-- transaction (opens_commit) when it commits (or at PREPARE TRANSACTION, or
+-- SET CONSTRAINTS ALL IMMEDIATE): the transaction's net changes become
+-- events, numbered in commit order, and notifications, in one statement.
 --
 -- A bar's net change is the value it commits with against its value before
--- the transaction first changed it: a bar switched off and on again in one
--- transaction is no change and gets no event. Nothing here reads bars: the
--- values come from pending_changes, kept up to date by
--- record_status_changes_v2.
+-- the transaction first changed it: a bar switched off and on again is no
+-- change and gets no event.
 --
--- Event ids must be strictly increasing in commit order, so that a reader who
--- remembers the last id it handled never skips one. They are handed out under
--- a transaction-level advisory lock, taken here, at commit, and released only
--- after the commit is visible to every other session: no transaction can take
--- ids after ours until ours is committed. The lock is held from here to the
--- end of the commit, the moments in which PostgreSQL already serialises every
--- commit that sends a NOTIFY (PreCommit_Notify). A transaction without a net
--- change takes no lock, so PREPARE TRANSACTION of it holds none.
+-- Event ids are handed out under a transaction-level advisory lock taken
+-- here, at commit, and released after the commit is visible to everyone, so
+-- ids are strictly increasing in commit order (see v2). The lock is taken by
+-- "locked", which yields a row only when there is a net change, so a
+-- transaction without one takes no lock (and PREPARE TRANSACTION of it holds
+-- none). No event row can be made before it: "inserted" reads the join of
+-- the changes with "locked", which produces nothing until both are read.
 -- 470037132129 is 'mpesa' in ASCII.
-CREATE FUNCTION mpesa_sync.publish_status_events_v2()
+CREATE FUNCTION mpesa_sync.publish_status_events_v3()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -459,29 +531,30 @@ AS $$
 DECLARE
     v_notified bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(470037132129)
-    WHERE EXISTS (
-        SELECT 1
-        FROM mpesa_sync.pending_changes AS p
-        WHERE p.xid = NEW.xid
-          AND p.mpesa_enabled IS DISTINCT FROM p.was_enabled
-    );
-
     WITH published AS (
         DELETE FROM mpesa_sync.pending_changes AS p
         WHERE p.xid = NEW.xid
         RETURNING p.bar_id, p.was_enabled, p.mpesa_enabled, p.source
     ),
-    inserted AS (
-        INSERT INTO mpesa_sync.status_events (bar_id, mpesa_enabled, source)
+    changes AS (
         SELECT p.bar_id, p.mpesa_enabled, p.source
         FROM published AS p
         WHERE p.mpesa_enabled IS DISTINCT FROM p.was_enabled
-        ORDER BY p.bar_id
+    ),
+    locked AS (
+        SELECT pg_advisory_xact_lock(470037132129)
+        FROM (SELECT 1 FROM changes LIMIT 1) AS any_change
+    ),
+    inserted AS (
+        INSERT INTO mpesa_sync.status_events (bar_id, mpesa_enabled, source)
+        SELECT c.bar_id, c.mpesa_enabled, c.source
+        FROM changes AS c
+        CROSS JOIN locked
+        ORDER BY c.bar_id
         RETURNING event_id, bar_id, mpesa_enabled, source, at
     )
-    -- The payload spelled out: for a 100k-row flip, json_build_object costs
-    -- a tenth of the statement. The same keys and values as in v1.
+    -- The payload spelled out (json_build_object costs a tenth of a large
+    -- flip); the same keys and values as in v1 and v2.
     SELECT count(pg_notify(
         'mpesa_status',
         '{"event_id": ' || i.event_id
@@ -496,12 +569,12 @@ BEGIN
 END
 $$;
 
-CREATE CONSTRAINT TRIGGER mpesa_sync_publish_v2
+CREATE CONSTRAINT TRIGGER mpesa_sync_publish_v3
     AFTER INSERT ON mpesa_sync.pending_changes
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW
     WHEN (NEW.opens_commit)
-    EXECUTE FUNCTION mpesa_sync.publish_status_events_v2();
+    EXECUTE FUNCTION mpesa_sync.publish_status_events_v3();
 
 -- Reconcile ----------------------------------------------------------------------
 
@@ -581,24 +654,24 @@ $$;
 
 -- Triggers -----------------------------------------------------------------------
 
-CREATE TRIGGER mpesa_sync_credentials_insert_v2
+CREATE TRIGGER mpesa_sync_credentials_insert_v3
     AFTER INSERT ON public.mpesa_credentials
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v3();
 
-CREATE TRIGGER mpesa_sync_credentials_update_v2
+CREATE TRIGGER mpesa_sync_credentials_update_v3
     AFTER UPDATE ON public.mpesa_credentials
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v3();
 
-CREATE TRIGGER mpesa_sync_credentials_delete_v2
+CREATE TRIGGER mpesa_sync_credentials_delete_v3
     AFTER DELETE ON public.mpesa_credentials
     REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v3();
 
-CREATE TRIGGER mpesa_sync_credentials_truncate_v2
+CREATE TRIGGER mpesa_sync_credentials_truncate_v3
     AFTER TRUNCATE ON public.mpesa_credentials
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_changed_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.credentials_truncated_v3();
 
 -- BEFORE triggers fire in name order; the zz_ prefix makes ours fire after the
 -- host's, so a host trigger cannot overwrite the corrected value.
@@ -606,16 +679,30 @@ CREATE TRIGGER zz_mpesa_sync_correct_insert_v1
     BEFORE INSERT ON public.bars
     FOR EACH ROW EXECUTE FUNCTION mpesa_sync.correct_bar_v1();
 
-CREATE TRIGGER zz_mpesa_sync_correct_update_v1
+-- Whatever a writer puts in mpesa_enabled, the row gets the credentials'
+-- value (correct_bar_v1, as since v1), except in our own write: the
+-- statement credentials_changed_v3 runs with mpesa_sync.sync_depth set to its
+-- trigger depth, whose values it computed under the row lock. That write is
+-- told apart by two things together: the trigger depth, which no session can
+-- fake (pg_trigger_depth() is 0 outside every trigger), and the setting,
+-- which names exactly that depth while the statement runs. A host trigger
+-- firing inside our statement runs one level deeper and is corrected; so is
+-- every write outside a trigger, whatever the setting says.
+CREATE TRIGGER zz_mpesa_sync_correct_update_v3
     BEFORE UPDATE ON public.bars
     FOR EACH ROW
-    WHEN (NEW.mpesa_enabled IS DISTINCT FROM OLD.mpesa_enabled)
+    WHEN (NEW.mpesa_enabled IS DISTINCT FROM OLD.mpesa_enabled
+          AND (pg_trigger_depth() = 0
+               OR current_setting('mpesa_sync.sync_depth', true)
+                  IS DISTINCT FROM pg_trigger_depth()::text))
     EXECUTE FUNCTION mpesa_sync.correct_bar_v1();
 
-CREATE TRIGGER mpesa_sync_status_changes_v2
+-- Every other write of bars is staged here (ours is staged by
+-- credentials_changed_v3 itself: see the function).
+CREATE TRIGGER mpesa_sync_status_changes_v3
     AFTER UPDATE ON public.bars
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.record_status_changes_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION mpesa_sync.record_status_changes_v3();
 
 -- What customers read ------------------------------------------------------------
 
@@ -666,10 +753,11 @@ BEGIN
 END
 $$;
 
--- Settings (migrations 0003, 0004) --------------------------------------------------------
+-- Settings (migrations 0003, 0004, 0007) --------------------------------------------------------
 
--- The settings API, now syncing through sync_bars_v2. Same name, arguments,
--- validation and result as in 0003: only the sync underneath changed.
+-- The settings API: same name, arguments, validation and result as in 0003;
+-- a bar that had drifted before the call is now fixed through the correction
+-- trigger, as reconcile fixes it.
 CREATE FUNCTION mpesa_sync.save_settings(
     p_bar_id uuid,
     p_environment text,
@@ -745,13 +833,16 @@ BEGIN
     RETURNING c.id INTO v_credential_id;
 
     -- The upsert's trigger synced the bar when is_active changed; a bar that
-    -- had drifted before this call is synced here.
+    -- had drifted before this call is fixed here, as reconcile fixes it: the
+    -- correction trigger recomputes the value under the bar's row lock.
     SELECT s.* INTO v_status
     FROM mpesa_sync.bar_status_v1 AS s
     WHERE s.bar_id = p_bar_id;
 
     IF v_status.mpesa_enabled IS DISTINCT FROM v_status.expected THEN
-        PERFORM mpesa_sync.sync_bars_v2(ARRAY[p_bar_id], '{}');
+        UPDATE public.bars AS b
+        SET mpesa_enabled = v_status.expected
+        WHERE b.id = p_bar_id;
         SELECT s.* INTO v_status
         FROM mpesa_sync.bar_status_v1 AS s
         WHERE s.bar_id = p_bar_id;
@@ -845,7 +936,13 @@ SELECT
     ) AS oldest_event_id,
     greatest(
         l.pruned_through,
-        (SELECT max(e.event_id) FROM mpesa_sync.status_events AS e)
+        (
+            SELECT e.event_id
+            FROM mpesa_sync.status_events AS e
+            WHERE e.event_id > l.pruned_through
+            ORDER BY e.event_id DESC
+            LIMIT 1
+        )
     ) AS newest_event_id
 FROM mpesa_sync.event_log AS l;
 
