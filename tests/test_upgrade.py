@@ -1,5 +1,5 @@
 """Upgrading a live database from the released core (0003) to this one (0004
-and 0005), and back.
+to 0007), and back.
 
 The database holds bars, credentials and events; writers toggle credentials
 all through the upgrade, and a listener follows the events across it the way
@@ -12,10 +12,6 @@ behaviour.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
-import psycopg
 import pytest
 
 from devtools.older import FIRST_RELEASE as V1
@@ -24,9 +20,9 @@ from mpesa_sync import migrations
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
 from tests.support.database import Database, fresh_database, templates
+from tests.support.listener import Listener, relayed_ids
 from tests.support.relay import RelayProcess, newest_event_id
 from tests.support.servers import Server
-from tests.support.waiting import wait_for
 from tests.support.writers import TOGGLE, Writers
 
 # The released migrations set a custom parameter in a SET clause, which only a
@@ -36,57 +32,7 @@ pytestmark = pytest.mark.roles("superuser")
 V2 = "0004_mpesa_sync_v2"
 RETENTION = "0005_mpesa_sync_retention_v1"
 MANAGED_HOST = "0006_mpesa_sync_managed_host_v1"
-
-
-class Listener:
-    """The documented protocol of a service that follows status changes:
-    LISTEN on a dedicated autocommit connection, then read status_events
-    after the last id handed on, again after every notification."""
-
-    def __init__(self, db: Database, after: int) -> None:
-        self.db, self.last = db, after
-        self.ids: list[int] = []
-        self.stopped = threading.Event()
-        self.listening = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def __enter__(self) -> Listener:
-        self._thread.start()
-        assert self.listening.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self._thread.join(timeout=30)
-
-    def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
-        for (event_id,) in conn.execute(
-            "SELECT event_id FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
-            (self.last,),
-        ):
-            self.ids.append(event_id)
-            self.last = event_id
-
-    def _run(self) -> None:
-        with self.db.connect() as conn:
-            conn.execute("LISTEN mpesa_status")
-            self.listening.set()
-            self._catch_up(conn)
-            while not self.stopped.is_set():
-                for _ in conn.notifies(timeout=0.2):
-                    break  # a hint: leave the generator, then read the table
-                self._catch_up(conn)
-
-    def wait_for(self, event_id: int) -> None:
-        wait_for(f"the listener to reach event {event_id}", lambda: self.last >= event_id)
-
-
-def relayed_ids(relay: RelayProcess, upto: int) -> list[int]:
-    """The event ids the relay printed, until it has printed ``upto``."""
-    ids: list[int] = []
-    while not ids or ids[-1] < upto:
-        ids += [event["event_id"] for event in relay.events(1)]
-    return ids
+V3 = "0007_mpesa_sync_v3"
 
 
 def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
@@ -125,7 +71,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
                 relay.stop()
         assert writers.errors == []
         listener.wait_for(newest)
-    assert report.applied == [V2, RETENTION, MANAGED_HOST]
+    assert report.applied == [V2, RETENTION, MANAGED_HOST, V3]
     table_ids = [
         row["event_id"]
         for row in host_db.query(
@@ -140,7 +86,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
     assert host_db.scalar("SELECT count(*) FROM mpesa_sync.pending_changes") == 0
 
     # back to 0003: its schema exactly, and its behaviour
-    assert migrations.rollback(host_db.dsn, count=3) == [MANAGED_HOST, RETENTION, V2]
+    assert migrations.rollback(host_db.dsn, count=4) == [V3, MANAGED_HOST, RETENTION, V2]
     assert describe(host_db.dsn) == at_v1
     before = newest_event_id(host_db)
     with host_db.connect(autocommit=False) as conn:
@@ -152,7 +98,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
     assert host_db.drift() == []
 
     # and forward again
-    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION, MANAGED_HOST]
+    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION, MANAGED_HOST, V3]
     with host_db.connect() as conn:
         conn.execute(TOGGLE, (bars[1],))
     assert host_db.drift() == []
