@@ -1,22 +1,22 @@
 -- mpesa_sync v3: the sync costs little more than the writes it must make.
 --
--- * The credential trigger syncs in two statements, whatever the number of
---   bars: one locks the touched bars in id order and reads their values, the
---   next recomputes them, writes the ones that changed and stages their
---   events (pending_changes), in one statement. Both are driven by the rows
---   the statement changed, through index lookups, so a statement does work in
---   proportion to the rows it changes, never to the table; their plans are
---   fixed, with no dynamic SQL and no function in between.
--- * Our own writes of bars skip the correction trigger and the trigger that
---   stages others' writes: both have a WHEN clause that is false only inside
---   the statement of ours that is running at this trigger depth
---   (pg_trigger_depth(), which a session cannot fake; see
---   zz_mpesa_sync_correct_update_v3).
+-- * The credential trigger does the whole sync itself, with no function in
+--   between: one row of one bar takes five small statements, each an index
+--   lookup of that bar; a statement over many rows takes two set-based ones.
+--   Every statement is driven by the rows the write changed, through index
+--   lookups, so the sync does work in proportion to the rows changed, never
+--   to the table, with plans that are fixed (no dynamic SQL) and right at
+--   every size.
+-- * Our own write of bars skips the correction trigger, by trigger depth
+--   (pg_trigger_depth(), which no session can fake; see
+--   zz_mpesa_sync_correct_update_v3), and is staged for the events in the
+--   statement that makes it; the staging trigger on bars skips it too.
 -- * REPEATABLE READ and SERIALIZABLE check their snapshot without a
 --   subtransaction: the credential rows of the bars are locked with SKIP
---   LOCKED and a row skipped is a serialization failure (40001), where v2
---   caught NOWAIT's error in an EXCEPTION block (a subtransaction per write).
+--   LOCKED and a skipped row is a serialization failure (40001), where v2
+--   caught NOWAIT's error in an exception block, a subtransaction per write.
 -- * Publishing at commit is one statement.
+-- * The newest-id lookup of event_log_v1 is bounded by pruned_through.
 -- depends: 0006_mpesa_sync_managed_host_v1
 
 SET LOCAL lock_timeout = '5s';
@@ -34,18 +34,25 @@ SET LOCAL lock_timeout = '5s';
 --    cannot both decide from a snapshot that misses the other's change;
 --    writers of different bars lock different rows. (NO KEY UPDATE does not
 --    conflict with the KEY SHARE lock of a credential insert's foreign key
---    check.) Each bar is locked by its own index lookup (the LATERAL
---    subquery), in the order of the sorted touched ids, at every size.
+--    check.)
 -- 2. REPEATABLE READ and SERIALIZABLE: the snapshot check (see
 --    bar_write_tokens). READ COMMITTED: the tokens of bars a row was added to.
 -- 3. Recompute in a new statement, which under READ COMMITTED takes a fresh
 --    snapshot and so sees every change committed by a writer we waited for
 --    in step 1; write the bars whose value changes and stage each change for
---    publish_status_events_v3, in the same statement.
+--    publish_status_events_v3.
+--
+-- One row of one bar (a toggle, a save): scalar statements, each an index
+-- lookup of that bar. More: each step is one statement over all the rows,
+-- with the bars locked and the rule probed through LATERAL subqueries, which
+-- can only run as one index lookup per bar. The plans are generic
+-- (plan_cache_mode), so none is chosen per call, and enable_seqscan = off
+-- keeps a plan made while a table was small from scanning it once it is
+-- large; both are right at every size.
 --
 -- The bars are written with mpesa_sync.sync_depth set to this trigger depth:
 -- the correction trigger and the staging trigger on bars skip exactly that
--- write (the value was computed under the row lock, and is staged here).
+-- write (its value was computed under the row lock, and is staged here).
 CREATE FUNCTION mpesa_sync.credentials_changed_v3()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -60,6 +67,10 @@ DECLARE
     v_added_to uuid[];
     v_visible bigint;
     v_locked bigint;
+    -- mpesa_sync.sync_depth as the caller left it, put back after our write
+    -- (a host trigger that fires inside our write may write credentials, and
+    -- so run this function one level deeper)
+    v_depth_before text := current_setting('mpesa_sync.sync_depth', true);
     v_setting text;
     v_rows bigint;
     v_bar_id uuid;
@@ -216,7 +227,7 @@ BEGIN
         UPDATE public.bars AS b
         SET mpesa_enabled = v_expected
         WHERE b.id = v_bar_id;
-        v_setting := set_config('mpesa_sync.sync_depth', '', true);
+        v_setting := set_config('mpesa_sync.sync_depth', coalesce(v_depth_before, ''), true);
         IF FOUND THEN  -- a host trigger may have skipped the row
             INSERT INTO mpesa_sync.pending_changes AS p (
                 xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
@@ -270,7 +281,7 @@ BEGIN
     ON CONFLICT (xid, bar_id) DO UPDATE
     SET mpesa_enabled = excluded.mpesa_enabled,
         source = excluded.source;
-    v_setting := set_config('mpesa_sync.sync_depth', '', true);
+    v_setting := set_config('mpesa_sync.sync_depth', coalesce(v_depth_before, ''), true);
     RETURN NULL;
 END
 $$;

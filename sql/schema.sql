@@ -167,18 +167,25 @@ $$;
 --    cannot both decide from a snapshot that misses the other's change;
 --    writers of different bars lock different rows. (NO KEY UPDATE does not
 --    conflict with the KEY SHARE lock of a credential insert's foreign key
---    check.) Each bar is locked by its own index lookup (the LATERAL
---    subquery), in the order of the sorted touched ids, at every size.
+--    check.)
 -- 2. REPEATABLE READ and SERIALIZABLE: the snapshot check (see
 --    bar_write_tokens). READ COMMITTED: the tokens of bars a row was added to.
 -- 3. Recompute in a new statement, which under READ COMMITTED takes a fresh
 --    snapshot and so sees every change committed by a writer we waited for
 --    in step 1; write the bars whose value changes and stage each change for
---    publish_status_events_v3, in the same statement.
+--    publish_status_events_v3.
+--
+-- One row of one bar (a toggle, a save): scalar statements, each an index
+-- lookup of that bar. More: each step is one statement over all the rows,
+-- with the bars locked and the rule probed through LATERAL subqueries, which
+-- can only run as one index lookup per bar. The plans are generic
+-- (plan_cache_mode), so none is chosen per call, and enable_seqscan = off
+-- keeps a plan made while a table was small from scanning it once it is
+-- large; both are right at every size.
 --
 -- The bars are written with mpesa_sync.sync_depth set to this trigger depth:
 -- the correction trigger and the staging trigger on bars skip exactly that
--- write (the value was computed under the row lock, and is staged here).
+-- write (its value was computed under the row lock, and is staged here).
 CREATE FUNCTION mpesa_sync.credentials_changed_v3()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -193,6 +200,10 @@ DECLARE
     v_added_to uuid[];
     v_visible bigint;
     v_locked bigint;
+    -- mpesa_sync.sync_depth as the caller left it, put back after our write
+    -- (a host trigger that fires inside our write may write credentials, and
+    -- so run this function one level deeper)
+    v_depth_before text := current_setting('mpesa_sync.sync_depth', true);
     v_setting text;
     v_rows bigint;
     v_bar_id uuid;
@@ -349,7 +360,7 @@ BEGIN
         UPDATE public.bars AS b
         SET mpesa_enabled = v_expected
         WHERE b.id = v_bar_id;
-        v_setting := set_config('mpesa_sync.sync_depth', '', true);
+        v_setting := set_config('mpesa_sync.sync_depth', coalesce(v_depth_before, ''), true);
         IF FOUND THEN  -- a host trigger may have skipped the row
             INSERT INTO mpesa_sync.pending_changes AS p (
                 xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
@@ -403,7 +414,7 @@ BEGIN
     ON CONFLICT (xid, bar_id) DO UPDATE
     SET mpesa_enabled = excluded.mpesa_enabled,
         source = excluded.source;
-    v_setting := set_config('mpesa_sync.sync_depth', '', true);
+    v_setting := set_config('mpesa_sync.sync_depth', coalesce(v_depth_before, ''), true);
     RETURN NULL;
 END
 $$;

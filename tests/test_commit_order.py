@@ -22,7 +22,7 @@ from tests.support.writers import TOGGLE
 
 SET_ACTIVE = "UPDATE mpesa_credentials SET is_active = %s WHERE id = %s"
 
-# Someone waits for the event-order lock (publish_status_events_v2).
+# Someone waits for the event-order lock (publish_status_events_v3).
 WAITS_FOR_EVENT_ORDER = """
     SELECT EXISTS (
         SELECT 1 FROM pg_locks

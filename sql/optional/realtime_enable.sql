@@ -85,7 +85,7 @@ $$;
 -- The sink ------------------------------------------------------------------------------
 
 -- AFTER INSERT ... FOR EACH STATEMENT on mpesa_sync.status_events. The only
--- statement that inserts there is publish_status_events_v2, which runs as its
+-- statement that inserts there is publish_status_events_v3, which runs as its
 -- transaction commits, under the lock that orders commits by event id; so
 -- this sends only events that commit (a rolled-back transaction never gets
 -- here), and sends them in event id order. TG_ARGV[0]: 'private' or 'public'.

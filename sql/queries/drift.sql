@@ -3,9 +3,7 @@
 -- Both find drift with one set-based pass (drift_scan), and reconcile fixes it
 -- only through mpesa_sync.fix_bars_v2: an UPDATE of the drifted bars from the
 -- rule's view, whose correction trigger recomputes each value under the row
--- lock, as for every write to bars. (It keeps its own cached-plan copy of the
--- UPDATE that sync_bars_v2 plans per call: for reconcile's batches the cached
--- plan measured faster.)
+-- lock, as for every direct write to bars.
 
 -- name: set_work_mem
 -- For drift_scan: with this much memory the active-credential set of a few
@@ -56,7 +54,7 @@ FROM mpesa_sync.fix_bars_v2(%(bar_ids)s::uuid[]) AS f;
 
 -- name: reconcile_changes_in_transaction
 -- How many bars this batch's transaction changed: its status changes wait in
--- pending_changes until it commits (publish_status_events_v2 turns them into
+-- pending_changes until it commits (publish_status_events_v3 turns them into
 -- events then), each tagged with the source of the function that made it.
 -- A bar switched and switched back counts as no change, as in the events.
 SELECT count(*)

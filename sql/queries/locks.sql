@@ -8,7 +8,7 @@
 --   1836085859  'mprc'   take_reconcile_lock, below: one reconcile batch, and
 --                        a whole migrate, so that the bars it reports fixed
 --                        are its own
---   470037132129 'mpesa' mpesa_sync.publish_status_events_v2 (sql/schema.sql):
+--   470037132129 'mpesa' mpesa_sync.publish_status_events_v3 (sql/schema.sql):
 --                        hands out event ids in commit order, at commit
 --
 -- The third lives in the function body, where it must stay; a test

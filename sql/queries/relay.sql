@@ -2,7 +2,7 @@
 --
 -- The relay never trusts notifications alone: after every (re)connect it
 -- LISTENs first and then reads status_events after the last id it delivered.
--- event_id order is commit order (see publish_status_events_v2), so
+-- event_id order is commit order (see publish_status_events_v3), so
 -- "event_id > last delivered" misses nothing and repeats nothing, as long as
 -- the position belongs to this log and was not pruned: every read returns the
 -- log's state with it (mpesa_sync.event_log_v1), and a position the log

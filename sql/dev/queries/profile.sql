@@ -8,10 +8,10 @@ WHERE calls > 0
 ORDER BY total_time DESC;
 
 -- name: profile_disable_sync
-ALTER TABLE public.mpesa_credentials DISABLE TRIGGER mpesa_sync_credentials_update_v2;
+ALTER TABLE public.mpesa_credentials DISABLE TRIGGER mpesa_sync_credentials_update_v3;
 
 -- name: profile_enable_sync
-ALTER TABLE public.mpesa_credentials ENABLE TRIGGER mpesa_sync_credentials_update_v2;
+ALTER TABLE public.mpesa_credentials ENABLE TRIGGER mpesa_sync_credentials_update_v3;
 
 -- name: profile_rewrite_bars
 -- The heap work of rewriting every bar, with every trigger on bars off.
