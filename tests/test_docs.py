@@ -376,8 +376,8 @@ def test_yoyo_lines_run(host_db: Database, tmp_path: Path) -> None:
     (create,) = [argv for _, _, argv in shell_lines() if "mpesa_sync_yoyo" in " ".join(argv)
                  and argv[0] == "psql"]  # fmt: skip
     subprocess.run([host_db.dsn if w == "$MPESA_SYNC_DSN" else w for w in create], check=True)
-    newest = host_db.scalar  # what the newest migration (0006) changes, and 0005 before it
-    retention = "SELECT to_regprocedure('mpesa_sync.prune_v1(interval, integer, boolean)')"
+    newest = host_db.scalar  # what the newest migration (0007) changes, and 0006 before it
+    v3_core = "SELECT to_regprocedure('mpesa_sync.credentials_changed_v3()') IS NOT NULL"
     anon_usage = "SELECT has_schema_privilege('anon', 'mpesa_sync', 'USAGE')"
     for argv in lines:
         assert argv[1] == "break-lock" or MIGRATIONS_DIR in argv, argv  # never a guessed folder
@@ -386,9 +386,9 @@ def test_yoyo_lines_run(host_db: Database, tmp_path: Path) -> None:
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{shlex.join(argv)}: {result.stderr}"
         if argv[1] == "apply":
-            assert newest(retention) and newest(anon_usage) is False
+            assert newest(v3_core) is True and newest(anon_usage) is False
         elif argv[1] == "rollback":
-            assert newest(retention) and newest(anon_usage) is True  # one step: the newest only
+            assert newest(v3_core) is False and newest(anon_usage) is False  # the newest only
 
 
 def test_psql_lines_run(db: Database) -> None:

@@ -252,7 +252,7 @@ def test_owner_superuser_and_upgraded_installs_end_the_same(server: Server) -> N
         with psycopg.connect(upgraded.dsn, autocommit=True) as listener:
             listener.execute("LISTEN mpesa_status")
             report = migrations.migrate(upgraded.dsn)
-            assert report.applied == ["0006_mpesa_sync_managed_host_v1"]
+            assert report.applied == ["0006_mpesa_sync_managed_host_v1", "0007_mpesa_sync_v3"]
             upgraded.execute(TOGGLE, (bars[0],))
             heard = list(listener.notifies(timeout=10, stop_after=1))
         assert len(heard) == 1 and str(bars[0]) in heard[0].payload

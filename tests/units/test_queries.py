@@ -59,6 +59,8 @@ def test_advisory_lock_keys_are_the_ones_locks_sql_lists() -> None:
         "0002_mpesa_sync_v1.sql",
         "0004_mpesa_sync_v2.sql",
         "0004_mpesa_sync_v2.rollback.sql",
+        "0007_mpesa_sync_v3.sql",
+        "0007_mpesa_sync_v3.rollback.sql",
     }
 
 
