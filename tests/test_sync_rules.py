@@ -136,6 +136,65 @@ def test_host_before_trigger_cannot_overwrite_the_correction(db: Database) -> No
     assert db.enabled(bar) is False
 
 
+@pytest.mark.parametrize("forged", ["0", "1"])
+def test_a_session_cannot_pass_its_write_off_as_ours(db: Database, forged: str) -> None:
+    """Our own write skips the correction by trigger depth and a setting; a
+    session may set the setting, but outside a trigger it is still corrected."""
+    bar = db.add_bar()
+    db.add_credentials(bar)
+    with db.connect() as conn:
+        conn.execute("SELECT set_config('mpesa_sync.sync_depth', %s, false)", (forged,))
+        conn.execute("UPDATE bars SET mpesa_enabled = false WHERE id = %s", (bar,))
+    assert db.enabled(bar) is True
+    assert db.drift() == []
+
+
+def test_a_host_trigger_inside_our_write_is_corrected(db: Database) -> None:
+    """A host trigger that fires inside our write of one bar and writes
+    another bar runs one trigger level deeper than ours: corrected."""
+    synced, other = db.add_bar("synced"), db.add_bar("other")
+    db.add_credentials(other)  # other should be true
+    db.execute(
+        """
+        CREATE FUNCTION public.host_writes_other() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE public.bars SET mpesa_enabled = false WHERE name = 'other';
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER host_writes_other AFTER UPDATE ON public.bars
+            FOR EACH ROW WHEN (NEW.name = 'synced')
+            EXECUTE FUNCTION public.host_writes_other();
+        """
+    )
+    db.add_credentials(synced)  # our write of "synced" fires the host's trigger
+    assert (db.enabled(synced), db.enabled(other)) == (True, True)
+    assert db.drift() == []
+
+
+def test_credentials_written_by_a_host_trigger_sync(db: Database) -> None:
+    """A credential write one trigger level down (a host's trigger) syncs as
+    any other, labelled as a credential change."""
+    bar = db.add_bar()
+    credential = db.add_credentials(bar, active=False)
+    db.execute(
+        """
+        CREATE TABLE public.staff_requests (credential uuid, active boolean);
+        CREATE FUNCTION public.apply_request() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE public.mpesa_credentials SET is_active = NEW.active WHERE id = NEW.credential;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER apply_request AFTER INSERT ON public.staff_requests
+            FOR EACH ROW EXECUTE FUNCTION public.apply_request();
+        """
+    )
+    db.execute("INSERT INTO public.staff_requests VALUES (%s, true)", (credential,))
+    assert db.enabled(bar) is True
+    last = db.events()[-1]
+    assert (last["bar_id"], last["mpesa_enabled"], last["source"]) == (bar, True, "credentials")
+    assert db.drift() == []
+
+
 def test_rollback_leaves_both_fields_unchanged(db: Database) -> None:
     bar = db.add_bar()
     cred = db.add_credentials(bar)
