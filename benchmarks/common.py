@@ -1,9 +1,10 @@
 """What every benchmark shares: the result type, timing, and the database.
 
 A benchmark module defines ``run(bench: Bench) -> list[Result]``. Each Result
-holds samples of our work and, where there is one, of the bare work it is
-compared with, both measured on the same server in the same run. Targets are
-ratios of medians; absolute times on a shared machine drift, ratios much less.
+holds samples of our work and, where there is one, of the floor it is
+compared with (the bare work, or the same work done by hand), both measured
+on the same server in the same run. Targets are ratios of medians; absolute
+times on a shared machine drift, ratios much less.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ RUNS = 5  # samples per figure; medians are quoted, with min-max
 class Result:
     name: str
     ours: list[float]  # samples, in `unit`
-    bare: list[float] | None = None  # samples of the bare work, same unit
+    bare: list[float] | None = None  # samples of the floor, same unit
     # max allowed median(ours) / median(bare); the least allowed when higher_is_better
     target: float | None = None
     unit: str = "s"

@@ -1,11 +1,11 @@
 """A database as an older release left it: its migrations, none after.
 
-For the upgrade tests, and for the benchmark that compares this release's
-sync core with the one DBAs run today (migrations up to 0003). The
-migrations are read from git as they were released (0002 to 0004 have been
-edited since, in how they set one parameter, so that a table owner who is no
-superuser can apply them), and yoyo records them in ``public``, as releases
-before 0006 did.
+For the upgrade tests, and for the benchmarks that compare this release's
+sync core with the v1 core (migrations up to 0003) and the v2 core (up to
+0006). The migrations are read from git as they were released (0002 to 0004
+have been edited since, in how they set one parameter, so that a table owner
+who is no superuser can apply them), and yoyo records them in ``public``, as
+releases before 0006 did.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from mpesa_sync.resources import resource_dir
 
 FIRST_RELEASE = "0003_mpesa_sync_settings_v1"  # what DBAs applied before 0004
 LAST_RELEASE = "0005_mpesa_sync_retention_v1"  # what DBAs applied before 0006
+# The v2 sync core as 0006 left it, what DBAs run before 0007: 0006 is in no
+# release commit, so apply it with released=False (this checkout's files).
+V2_CORE = "0006_mpesa_sync_managed_host_v1"
 
 # The last commit of the release that ended with 0005: its migrations/ folder
 # is what DBAs applied.
