@@ -118,3 +118,56 @@ SELECT count(pg_notify(
         || ', "source": "credentials", "at": ' || to_json(e.at) || '}'
 ))
 FROM events AS e;
+
+-- name: bench_by_hand_reconcile
+-- Every drifted bar fixed by hand, in one statement (one transaction): the
+-- bars written with the host's triggers on, each fix recorded and announced.
+-- Returns the number of bars fixed.
+WITH fixed AS (
+    UPDATE public.bars AS b
+    SET mpesa_enabled = s.expected
+    FROM (
+        SELECT b2.id,
+               EXISTS (SELECT 1 FROM public.mpesa_credentials AS c
+                       WHERE c.tenant_id = b2.id AND c.is_active) AS expected
+        FROM public.bars AS b2
+    ) AS s
+    WHERE s.id = b.id
+      AND b.mpesa_enabled IS DISTINCT FROM s.expected
+    RETURNING b.id, b.mpesa_enabled
+),
+events AS (
+    INSERT INTO public.by_hand_events (bar_id, mpesa_enabled)
+    SELECT f.id, f.mpesa_enabled FROM fixed AS f
+    RETURNING event_id, bar_id, mpesa_enabled, at
+)
+SELECT count(pg_notify(
+    'mpesa_status',
+    '{"event_id": ' || e.event_id
+        || ', "bar_id": "' || e.bar_id
+        || '", "mpesa_enabled": ' || e.mpesa_enabled
+        || ', "source": "reconcile", "at": ' || to_json(e.at) || '}'
+))
+FROM events AS e;
+
+-- name: bench_bare_fix
+-- The drift fixed with nothing around it: one UPDATE ... FROM, run with
+-- session_replication_role = replica so that no trigger fires and no event
+-- is written. Informational: less than any fix that keeps the rule.
+UPDATE public.bars AS b
+SET mpesa_enabled = s.expected
+FROM (
+    SELECT b2.id,
+           EXISTS (SELECT 1 FROM public.mpesa_credentials AS c
+                   WHERE c.tenant_id = b2.id AND c.is_active) AS expected
+    FROM public.bars AS b2
+) AS s
+WHERE s.id = b.id
+  AND b.mpesa_enabled IS DISTINCT FROM s.expected;
+
+-- name: bench_bare_count
+-- verify's floor: the drifted bars counted in one query.
+SELECT count(*)
+FROM public.bars AS b
+WHERE b.mpesa_enabled IS DISTINCT FROM EXISTS (
+    SELECT 1 FROM public.mpesa_credentials AS c WHERE c.tenant_id = b.id AND c.is_active);
