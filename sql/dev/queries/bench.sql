@@ -119,6 +119,54 @@ SELECT count(pg_notify(
 ))
 FROM events AS e;
 
+-- name: bench_flip_first
+-- `make instructions`' bulk flip: one statement over the first %(bulk)s
+-- credential rows in id order, whatever the table's size.
+UPDATE public.mpesa_credentials SET is_active = NOT is_active
+WHERE id IN (SELECT id FROM public.mpesa_credentials ORDER BY id LIMIT %(bulk)s);
+
+-- name: bench_by_hand_flip_first
+-- bench_flip_first by hand, set-based: the same flip, then one statement that
+-- finds the flipped rows again through the primary key (the ids as an
+-- array, so that it probes the index rather than scanning the table: the
+-- flip's own IN (subquery) scans it), recomputes their bars from their
+-- credentials, writes those whose status differs, and records and announces
+-- each. Run inside BEGIN and COMMIT.
+UPDATE public.mpesa_credentials SET is_active = NOT is_active
+WHERE id IN (SELECT id FROM public.mpesa_credentials ORDER BY id LIMIT %(bulk)s);
+WITH changed AS (
+    UPDATE public.bars AS b
+    SET mpesa_enabled = s.expected
+    FROM (
+        SELECT c.tenant_id AS bar_id, coalesce(bool_or(c.is_active), false) AS expected
+        FROM public.mpesa_credentials AS c
+        WHERE c.tenant_id IN (
+            SELECT f.tenant_id
+            FROM public.mpesa_credentials AS f
+            WHERE f.id = ANY (ARRAY(
+                SELECT id FROM public.mpesa_credentials ORDER BY id LIMIT %(bulk)s
+            ))
+        )
+        GROUP BY c.tenant_id
+    ) AS s
+    WHERE b.id = s.bar_id
+      AND b.mpesa_enabled IS DISTINCT FROM s.expected
+    RETURNING b.id, b.mpesa_enabled
+),
+events AS (
+    INSERT INTO public.by_hand_events (bar_id, mpesa_enabled)
+    SELECT c.id, c.mpesa_enabled FROM changed AS c
+    RETURNING event_id, bar_id, mpesa_enabled, at
+)
+SELECT count(pg_notify(
+    'mpesa_status',
+    '{"event_id": ' || e.event_id
+        || ', "bar_id": "' || e.bar_id
+        || '", "mpesa_enabled": ' || e.mpesa_enabled
+        || ', "source": "credentials", "at": ' || to_json(e.at) || '}'
+))
+FROM events AS e;
+
 -- name: bench_by_hand_reconcile
 -- Every drifted bar fixed by hand, in one statement (one transaction): the
 -- bars written with the host's triggers on, each fix recorded and announced.
@@ -171,3 +219,30 @@ SELECT count(*)
 FROM public.bars AS b
 WHERE b.mpesa_enabled IS DISTINCT FROM EXISTS (
     SELECT 1 FROM public.mpesa_credentials AS c WHERE c.tenant_id = b.id AND c.is_active);
+
+-- name: bench_toggles
+-- `make instructions`' toggles: one procedure runs p_n of them, each in its
+-- own transaction, so that no client round trip is counted. p_way: 'bare'
+-- (the UPDATE alone: also what runs where mpesa-sync is installed), 'dual
+-- write' (the app's dual write as today) or 'by hand' (by_hand_toggle).
+CREATE PROCEDURE public.toggles(p_n integer, p_way text) LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT id, tenant_id FROM public.mpesa_credentials ORDER BY id LIMIT p_n LOOP
+        IF p_way = 'by hand' THEN
+            PERFORM public.by_hand_toggle(r.id);
+        ELSE
+            UPDATE public.mpesa_credentials SET is_active = NOT is_active WHERE id = r.id;
+        END IF;
+        IF p_way = 'dual write' THEN
+            UPDATE public.bars SET mpesa_enabled = EXISTS (
+                SELECT 1 FROM public.mpesa_credentials AS c
+                WHERE c.tenant_id = bars.id AND c.is_active
+            ) WHERE id = r.tenant_id;
+            PERFORM pg_notify('mpesa_status', r.tenant_id::text);
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$$;
