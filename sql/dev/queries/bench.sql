@@ -128,10 +128,10 @@ WHERE id IN (SELECT id FROM public.mpesa_credentials ORDER BY id LIMIT %(bulk)s)
 -- name: bench_by_hand_flip_first
 -- bench_flip_first by hand, set-based: the same flip, then one statement that
 -- finds the flipped rows again through the primary key (the ids as an
--- array, so that it probes the index rather than scanning the table: the
--- flip's own IN (subquery) scans it), recomputes their bars from their
--- credentials, writes those whose status differs, and records and announces
--- each. Run inside BEGIN and COMMIT.
+-- array, so that it probes the index: an IN (subquery) like the flip's is
+-- planned as a scan of the whole table at 100,000 bars), recomputes their
+-- bars from their credentials, writes those whose status differs, and
+-- records and announces each. Run inside BEGIN and COMMIT.
 UPDATE public.mpesa_credentials SET is_active = NOT is_active
 WHERE id IN (SELECT id FROM public.mpesa_credentials ORDER BY id LIMIT %(bulk)s);
 WITH changed AS (
