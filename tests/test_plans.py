@@ -17,7 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from mpesa_sync import realtime
 from tests.support.database import Database, fresh_database, templates
+from tests.support.realtime import install_standin
 from tests.support.writers import TOGGLE
 
 # auto_explain is loaded by the superuser (a managed host's provider allows it
@@ -122,3 +124,23 @@ def test_a_toggle_touches_the_same_buffers_at_1k_and_50k_bars(server: Any, db: D
     # more level of B-tree), and never fewer pages at the smaller size
     assert small.scan_buffers <= large.scan_buffers, (small, large)
     assert large.scan_buffers <= small.scan_buffers + large.index_lookups, (small, large)
+
+
+def test_no_statement_of_a_toggle_is_priced_for_jit(db: Database) -> None:
+    """Our functions plan with enable_seqscan off; where a scan is the only
+    way (a one-row table), PostgreSQL 15 to 17 price it at 10^10 and the
+    statement crosses jit_above_cost: JIT-compiled on every call (30 ms a
+    toggle, seen with the realtime sink). Every statement a toggle runs, the
+    sink's included, must stay priced below it."""
+    install_standin(db)
+    realtime.enable(db.dsn)
+    bar = db.add_bar()
+    db.add_credentials(bar)
+    with db.connect() as conn:
+        jit_above = float(conn.execute("SHOW jit_above_cost").fetchone()[0])  # type: ignore[index]
+        for _ in range(WARM_UP):
+            conn.execute(TOGGLE, (bar,))
+        plans = _explained(conn, TOGGLE, (bar,))
+    priced = {" ".join(p["Query Text"].split()[:6]): p["Plan"]["Total Cost"] for p in plans}
+    assert len(plans) >= 7
+    assert all(cost < jit_above for cost in priced.values()), priced
