@@ -195,9 +195,13 @@ SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
 DECLARE
+    v_touched uuid[];
+    v_added boolean[];
     v_bar_ids uuid[];
     v_was boolean[];
     v_added_to uuid[];
+    v_bump uuid[];
+    v_snapshot_check boolean;
     v_visible bigint;
     v_locked bigint;
     -- mpesa_sync.sync_depth as the caller left it, put back after our write
@@ -254,53 +258,43 @@ BEGIN
         IF TG_OP = 'INSERT' THEN
             v_added_to := v_bar_ids;
         END IF;
-    -- Many rows: the same steps as one set-based statement each.
-    ELSIF TG_OP = 'UPDATE' THEN
-        SELECT array_agg(b.id), array_agg(b.mpesa_enabled), array_agg(b.id) FILTER (WHERE t.added)
-        INTO v_bar_ids, v_was, v_added_to
-        FROM (
+    -- Many rows: the touched bars in id order (each with whether a row was
+    -- added to it), then the same steps as one set-based statement each.
+    ELSE
+        IF TG_OP = 'UPDATE' THEN
             -- FULL JOIN pairs the old and new rows with a hash join at every
             -- size (transition tables carry no statistics; a nested loop
             -- would be quadratic).
-            SELECT t.bar_id, bool_or(t.added) AS added
-            FROM old_rows AS o
-            FULL JOIN new_rows AS n ON n.id = o.id
-            CROSS JOIN LATERAL (
-                VALUES (o.tenant_id, false),
-                       (n.tenant_id, o.tenant_id IS DISTINCT FROM n.tenant_id)
-            ) AS t (bar_id, added)
-            WHERE t.bar_id IS NOT NULL
-              AND (o.id IS NULL
-                   OR n.id IS NULL
-                   OR o.tenant_id IS DISTINCT FROM n.tenant_id
-                   OR o.is_active IS DISTINCT FROM n.is_active)
-            GROUP BY t.bar_id
-            ORDER BY t.bar_id
-        ) AS t
-        CROSS JOIN LATERAL (
-            SELECT b.id, b.mpesa_enabled
-            FROM public.bars AS b
-            WHERE b.id = t.bar_id
-            FOR NO KEY UPDATE
-        ) AS b;
-    ELSIF TG_OP = 'INSERT' THEN
-        SELECT array_agg(b.id), array_agg(b.mpesa_enabled), array_agg(b.id)
+            SELECT array_agg(t.bar_id ORDER BY t.bar_id), array_agg(t.added ORDER BY t.bar_id)
+            INTO v_touched, v_added
+            FROM (
+                SELECT t.bar_id, bool_or(t.added) AS added
+                FROM old_rows AS o
+                FULL JOIN new_rows AS n ON n.id = o.id
+                CROSS JOIN LATERAL (
+                    VALUES (o.tenant_id, false),
+                           (n.tenant_id, o.tenant_id IS DISTINCT FROM n.tenant_id)
+                ) AS t (bar_id, added)
+                WHERE t.bar_id IS NOT NULL
+                  AND (o.id IS NULL
+                       OR n.id IS NULL
+                       OR o.tenant_id IS DISTINCT FROM n.tenant_id
+                       OR o.is_active IS DISTINCT FROM n.is_active)
+                GROUP BY t.bar_id
+            ) AS t;
+        ELSIF TG_OP = 'INSERT' THEN
+            SELECT array_agg(t.bar_id ORDER BY t.bar_id), array_agg(true)
+            INTO v_touched, v_added
+            FROM (SELECT DISTINCT n.tenant_id AS bar_id FROM new_rows AS n) AS t;
+        ELSE  -- DELETE
+            SELECT array_agg(t.bar_id ORDER BY t.bar_id), array_agg(false)
+            INTO v_touched, v_added
+            FROM (SELECT DISTINCT o.tenant_id AS bar_id FROM old_rows AS o) AS t;
+        END IF;
+        -- Each bar locked by its own index lookup, in the array's order.
+        SELECT array_agg(b.id), array_agg(b.mpesa_enabled), array_agg(b.id) FILTER (WHERE t.added)
         INTO v_bar_ids, v_was, v_added_to
-        FROM (
-            SELECT DISTINCT n.tenant_id AS bar_id FROM new_rows AS n ORDER BY 1
-        ) AS t
-        CROSS JOIN LATERAL (
-            SELECT b.id, b.mpesa_enabled
-            FROM public.bars AS b
-            WHERE b.id = t.bar_id
-            FOR NO KEY UPDATE
-        ) AS b;
-    ELSE  -- DELETE
-        SELECT array_agg(b.id), array_agg(b.mpesa_enabled)
-        INTO v_bar_ids, v_was
-        FROM (
-            SELECT DISTINCT o.tenant_id AS bar_id FROM old_rows AS o ORDER BY 1
-        ) AS t
+        FROM unnest(v_touched, v_added) AS t (bar_id, added)
         CROSS JOIN LATERAL (
             SELECT b.id, b.mpesa_enabled
             FROM public.bars AS b
@@ -314,12 +308,17 @@ BEGIN
     END IF;
 
     -- 2.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        -- Bump every bar's token: one that a transaction committed after our
-        -- snapshot bumped is a serialization failure.
+    v_snapshot_check := current_setting('transaction_isolation') <> 'read committed';
+    -- REPEATABLE READ and above bump every bar's token (one that a
+    -- transaction committed after our snapshot bumped is a serialization
+    -- failure); READ COMMITTED those of bars a row was added to.
+    v_bump := CASE WHEN v_snapshot_check THEN v_bar_ids ELSE v_added_to END;
+    IF v_bump IS NOT NULL THEN
         INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
-        SELECT u.bar_id FROM unnest(v_bar_ids) AS u (bar_id) ORDER BY u.bar_id
+        SELECT u.bar_id FROM unnest(v_bump) AS u (bar_id) ORDER BY u.bar_id
         ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
+    END IF;
+    IF v_snapshot_check THEN
         -- Lock the credential rows our snapshot sees: a row changed or deleted
         -- by a transaction committed after our snapshot fails the lock with
         -- 40001; a row another transaction is changing right now is skipped
@@ -339,10 +338,6 @@ BEGIN
                 USING ERRCODE = 'serialization_failure',
                       HINT = 'retry the transaction';
         END IF;
-    ELSIF v_added_to IS NOT NULL THEN
-        INSERT INTO mpesa_sync.bar_write_tokens AS t (bar_id)
-        SELECT u.bar_id FROM unnest(v_added_to) AS u (bar_id) ORDER BY u.bar_id
-        ON CONFLICT (bar_id) DO UPDATE SET writes = t.writes + 1;
     END IF;
 
     -- 3.
