@@ -83,6 +83,7 @@ DECLARE
     v_new_active boolean;
     v_was_one boolean;
     v_expected boolean;
+    v_written boolean;
     v_one boolean := false;
 BEGIN
     -- One row, one bar: the statements of a toggle, each an index lookup of
@@ -219,15 +220,17 @@ BEGIN
             RETURN NULL;
         END IF;
         v_setting := set_config('mpesa_sync.sync_depth', pg_trigger_depth()::text, true);
+        -- (what was written: a host's BEFORE trigger may change or skip it)
         UPDATE public.bars AS b
         SET mpesa_enabled = v_expected
-        WHERE b.id = v_bar_id;
+        WHERE b.id = v_bar_id
+        RETURNING b.mpesa_enabled INTO v_written;
         v_setting := set_config('mpesa_sync.sync_depth', coalesce(v_depth_before, ''), true);
-        IF FOUND THEN  -- a host trigger may have skipped the row
+        IF FOUND THEN
             INSERT INTO mpesa_sync.pending_changes AS p (
                 xid, bar_id, was_enabled, mpesa_enabled, source, opens_commit
             )
-            SELECT pg_current_xact_id(), v_bar_id, v_was_one, v_expected, 'credentials',
+            SELECT pg_current_xact_id(), v_bar_id, v_was_one, v_written, 'credentials',
                    NOT EXISTS (
                        SELECT 1 FROM mpesa_sync.pending_changes AS q
                        WHERE q.xid = pg_current_xact_id()
