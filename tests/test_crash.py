@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.cli import run_cli
 from tests.support.database import Database
-from tests.support.relay import RelayProcess, newest_event_id
+from tests.support.relay import RelayProcess, event_ids_after, newest_event_id
 from tests.support.writers import Writers
 
 
@@ -40,13 +40,7 @@ def test_relay_output_equals_the_table_across_an_immediate_shutdown(
             relayed += [event["event_id"] for event in relay.events(1, timeout=60)]
         relay.stop()
 
-    in_table = [
-        row["event_id"]
-        for row in db.query(
-            "SELECT event_id FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
-            (start,),
-        )
-    ]
+    in_table = event_ids_after(db, start)
     assert relayed == in_table
     assert len(in_table) > 200
     assert db.drift() == []

@@ -26,15 +26,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.roles("owner", "superuser")
 
 ROOT = Path(__file__).resolve().parent.parent
-# Someone waits for the ACCESS EXCLUSIVE lock on bars that DROP TRIGGER takes.
-AWAITS_BARS_EXCLUSIVELY = """
-    SELECT EXISTS (
-        SELECT 1 FROM pg_locks
-        WHERE relation = 'public.bars'::regclass
-          AND mode = 'AccessExclusiveLock'
-          AND NOT granted
-    )
-"""
 ALL_MIGRATIONS = sorted(
     p.stem for p in resource_dir("migrations").glob("*.sql") if not p.stem.endswith(".rollback")
 )
@@ -170,7 +161,7 @@ def test_bars_that_refuse_do_not_stop_the_install(host_db: Database) -> None:
     holder.execute("SELECT 1 FROM bars WHERE id = %s FOR UPDATE", (locked,))
 
     def release_when_0004_waits() -> None:
-        wait_for("0004 to wait for bars", lambda: host_db.scalar(AWAITS_BARS_EXCLUSIVELY), 60)
+        wait_for("0004 to wait for bars", lambda: host_db.awaits_exclusive_lock("public.bars"), 60)
         holder.rollback()
 
     releaser = threading.Thread(target=release_when_0004_waits)

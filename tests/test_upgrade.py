@@ -15,13 +15,13 @@ from __future__ import annotations
 import pytest
 
 from devtools.older import FIRST_RELEASE as V1
-from devtools.older import migrate_up_to
+from devtools.older import V2_CORE, migrate_up_to
 from mpesa_sync import migrations
 from tests.support.catalog import describe
 from tests.support.cli import run_cli
 from tests.support.database import Database, fresh_database, templates
 from tests.support.listener import Listener, relayed_ids
-from tests.support.relay import RelayProcess, newest_event_id
+from tests.support.relay import RelayProcess, event_ids_after, newest_event_id
 from tests.support.servers import Server
 from tests.support.writers import TOGGLE, Writers
 
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.roles("superuser")
 
 V2 = "0004_mpesa_sync_v2"
 RETENTION = "0005_mpesa_sync_retention_v1"
-MANAGED_HOST = "0006_mpesa_sync_managed_host_v1"
 V3 = "0007_mpesa_sync_v3"
 
 
@@ -71,14 +70,8 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
                 relay.stop()
         assert writers.errors == []
         listener.wait_for(newest)
-    assert report.applied == [V2, RETENTION, MANAGED_HOST, V3]
-    table_ids = [
-        row["event_id"]
-        for row in host_db.query(
-            "SELECT event_id FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
-            (start,),
-        )
-    ]
+    assert report.applied == [V2, RETENTION, V2_CORE, V3]
+    table_ids = event_ids_after(host_db, start)
     assert listener.ids == table_ids  # nothing lost, nothing repeated, in order
     assert relayed == [i for i in table_ids if i > taken_over_at]
     assert len(table_ids) >= 150
@@ -86,7 +79,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
     assert host_db.scalar("SELECT count(*) FROM mpesa_sync.pending_changes") == 0
 
     # back to 0003: its schema exactly, and its behaviour
-    assert migrations.rollback(host_db.dsn, count=4) == [V3, MANAGED_HOST, RETENTION, V2]
+    assert migrations.rollback(host_db.dsn, count=4) == [V3, V2_CORE, RETENTION, V2]
     assert describe(host_db.dsn) == at_v1
     before = newest_event_id(host_db)
     with host_db.connect(autocommit=False) as conn:
@@ -98,7 +91,7 @@ def test_upgrade_from_0003_under_load_loses_and_repeats_no_event(
     assert host_db.drift() == []
 
     # and forward again
-    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION, MANAGED_HOST, V3]
+    assert migrations.migrate(host_db.dsn).applied == [V2, RETENTION, V2_CORE, V3]
     with host_db.connect() as conn:
         conn.execute(TOGGLE, (bars[1],))
     assert host_db.drift() == []

@@ -22,12 +22,18 @@ from typing import TypeVar
 
 import pytest
 
-from devtools.older import migrate_up_to
+from devtools.older import V2_CORE, migrate_up_to
 from mpesa_sync import migrations
 from tests.support.catalog import describe
 from tests.support.database import Database, fresh_database, templates
 from tests.support.listener import Listener, relayed_ids
-from tests.support.relay import EVENT_FIELDS, RelayProcess, log_state, newest_event_id
+from tests.support.relay import (
+    EVENT_FIELDS,
+    RelayProcess,
+    event_ids_after,
+    log_state,
+    newest_event_id,
+)
 from tests.support.servers import Server
 from tests.support.waiting import wait_for
 from tests.support.writers import TOGGLE, Writers
@@ -36,19 +42,8 @@ pytestmark = pytest.mark.roles("owner", "superuser")
 
 T = TypeVar("T")
 
-MANAGED_HOST = "0006_mpesa_sync_managed_host_v1"  # the v2 core, as 0006 left it
 V3 = "0007_mpesa_sync_v3"
 
-# Someone waits for the ACCESS EXCLUSIVE lock on mpesa_credentials that
-# DROP TRIGGER takes: a migration waiting for the writers of that table.
-AWAITS_CREDENTIALS_EXCLUSIVELY = """
-    SELECT EXISTS (
-        SELECT 1 FROM pg_locks
-        WHERE relation = 'public.mpesa_credentials'::regclass
-          AND mode = 'AccessExclusiveLock'
-          AND NOT granted
-    )
-"""
 # Our triggers on mpesa_credentials (the host has its own).
 CREDENTIAL_TRIGGERS = """
     SELECT array_agg(tgname::text ORDER BY tgname) FROM pg_trigger
@@ -86,7 +81,7 @@ def past_open_transaction(db: Database, bar: uuid.UUID, step: Callable[[], T]) -
         running = pool.submit(step)
         wait_for(
             "the step to wait for the open transaction",
-            lambda: running.done() or db.scalar(AWAITS_CREDENTIALS_EXCLUSIVELY),
+            lambda: running.done() or db.awaits_exclusive_lock("public.mpesa_credentials"),
             60,
         )
         conn.commit()
@@ -120,8 +115,8 @@ def toggle_publishes_one_event(db: Database, bar: uuid.UUID) -> None:
 def test_upgrade_from_v2_under_load_loses_and_repeats_no_event(
     server: Server, host_db: Database
 ) -> None:
-    assert migrate_up_to(host_db.dsn, MANAGED_HOST, released=False)[-1] == MANAGED_HOST
-    at_v2 = catalog_at(server, host_db.role, MANAGED_HOST)
+    assert migrate_up_to(host_db.dsn, V2_CORE, released=False)[-1] == V2_CORE
+    at_v2 = catalog_at(server, host_db.role, V2_CORE)
     at_v3 = catalog_at(server, host_db.role, V3)
     assert describe(host_db.dsn) == at_v2
     bars = [host_db.add_bar(f"bar {i}") for i in range(16)]
@@ -166,13 +161,7 @@ def test_upgrade_from_v2_under_load_loses_and_repeats_no_event(
     assert triggers_after_upgrade == V3_TRIGGERS
     assert catalog_after_upgrade == at_v3
     assert rolled_back == [V3]
-    table_ids = [
-        row["event_id"]
-        for row in host_db.query(
-            "SELECT event_id FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
-            (start,),
-        )
-    ]
+    table_ids = event_ids_after(host_db, start)
     assert listener.ids == table_ids  # nothing lost, nothing repeated, in order
     assert relayed == table_ids
     # events published by v2, then by v3, then by v2 again

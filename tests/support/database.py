@@ -74,6 +74,16 @@ def owner_dsn(srv: Server, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
+AWAITS_EXCLUSIVE_SQL = """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE relation = %s::regclass
+          AND mode = 'AccessExclusiveLock'
+          AND NOT granted
+    )
+"""
+
+
 @dataclass
 class Database:
     """One fresh database for one test, and the role the test runs as.
@@ -149,6 +159,11 @@ class Database:
 
     def enabled(self, bar_id: uuid.UUID) -> bool | None:
         return self.scalar("SELECT mpesa_enabled FROM bars WHERE id = %s", (bar_id,))
+
+    def awaits_exclusive_lock(self, table: str) -> bool:
+        """Whether some session waits for an ACCESS EXCLUSIVE lock on
+        ``table``: a migration's DROP TRIGGER waiting for its writers."""
+        return bool(self.scalar(AWAITS_EXCLUSIVE_SQL, (table,)))
 
     def drift(self) -> list[dict[str, Any]]:
         return self.query(DRIFT_SQL)

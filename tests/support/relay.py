@@ -228,6 +228,16 @@ def newest_event_id(db: Database) -> int:
     return db.scalar("SELECT coalesce(max(event_id), 0) FROM mpesa_sync.status_events")
 
 
+def event_ids_after(db: Database, start: int) -> list[int]:
+    """The ids in status_events after ``start``, in order: what a consumer
+    that began there must have handed on."""
+    rows = db.query(
+        "SELECT event_id FROM mpesa_sync.status_events WHERE event_id > %s ORDER BY event_id",
+        (start,),
+    )
+    return [row["event_id"] for row in rows]
+
+
 def set_active(db: Database, bar: uuid.UUID, active: bool) -> None:
     db.execute("UPDATE mpesa_credentials SET is_active = %s WHERE tenant_id = %s", (active, bar))
 
